@@ -1,0 +1,137 @@
+//! Request extractors that answer bad input with our problem documents
+//! instead of axum's plain-text rejections.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::domain::FieldError;
+use crate::store::Page;
+
+/// Bytes beyond `--max-data-bytes` a request body may carry (event name, keys,
+/// whitespace), before it is refused unread.
+const BODY_SLACK: usize = 16 * 1024;
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 200;
+
+/// A JSON body: 415 unless declared JSON, 413 over the size limit, 400 unless it parses.
+pub struct JsonBody(pub Value);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let declared_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !declared_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = state.max_data_bytes + BODY_SLACK;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge { what: "request body", limit })?;
+        // serde_json refuses nesting deeper than 128 levels, so absurd nesting
+        // is a 400 here rather than a stack overflow anywhere.
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+        Ok(Self(value))
+    }
+}
+
+/// A JSON body deserialized into `T`; shape errors are 422 naming the field.
+pub struct TypedJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for TypedJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let JsonBody(value) = JsonBody::from_request(req, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("", "the body must be a JSON object"));
+        }
+        serde_path_to_error::deserialize(value).map(Self).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::Validation(vec![describe_serde_error(&path, &e.inner().to_string())])
+        })
+    }
+}
+
+/// serde's messages quote the offending value; ours name the field and the
+/// expectation only.
+fn describe_serde_error(path: &str, msg: &str) -> FieldError {
+    let at = |name: &str| if path == "." || path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
+    let quoted = |m: &str| m.split('`').nth(1).unwrap_or("?").to_owned();
+    if msg.starts_with("unknown field") {
+        FieldError::new(at(&quoted(msg)), "unknown field")
+    } else if msg.starts_with("missing field") {
+        FieldError::new(at(&quoted(msg)), "is required")
+    } else if let Some((_, expected)) = msg.rsplit_once("expected ") {
+        FieldError::new(path, format!("must be {expected}"))
+    } else {
+        FieldError::new(path, "is not valid")
+    }
+}
+
+/// Query parameters as a map; unknown ones are ignored.
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        Ok(Self(url::form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+    }
+}
+
+impl QueryMap {
+    /// `?limit=` and `?cursor=`; the cursor must be an id of the listed kind.
+    pub fn page(&self, cursor_is_valid: impl Fn(&str) -> bool) -> Result<Page, ApiError> {
+        let limit = match self.0.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(s) => s
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))?,
+        };
+        let after = match self.0.get("cursor") {
+            None => None,
+            Some(c) if cursor_is_valid(c) => Some(c.clone()),
+            Some(_) => return Err(ApiError::invalid("cursor", "is not a cursor returned by this list")),
+        };
+        Ok(Page { limit, after })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_errors_name_fields_without_values() {
+        let e = describe_serde_error(".", "unknown field `colour`, expected one of `event`, `target_url`");
+        assert_eq!(e, FieldError::new("colour", "unknown field"));
+        let e = describe_serde_error(".", "missing field `event`");
+        assert_eq!(e, FieldError::new("event", "is required"));
+        let e = describe_serde_error("is_active", "invalid type: string \"private\", expected a boolean");
+        assert_eq!(e, FieldError::new("is_active", "must be a boolean"));
+    }
+}

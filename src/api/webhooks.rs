@@ -1,0 +1,154 @@
+//! `/v1/webhooks`: a project's webhook endpoints (`project_webhooks`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use super::auth::ProjectAuth;
+use super::error::ApiError;
+use super::extract::{QueryMap, TypedJson};
+use super::{AppState, ListResponse};
+use crate::domain::time::{now_ms, to_rfc3339};
+use crate::domain::{EventName, TargetUrl, WebhookId};
+use crate::store::{Backend as _, Webhook, WebhookPatch};
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/v1/webhooks", get(list).post(create))
+        .route("/v1/webhooks/{id}", get(show).patch(update).delete(remove))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    pub event: String,
+    pub target_url: String,
+    #[serde(default = "default_active")]
+    pub is_active: bool,
+}
+
+fn default_active() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    pub event: Option<String>,
+    pub target_url: Option<String>,
+    pub is_active: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookView {
+    pub id: String,
+    pub event: String,
+    pub target_url: String,
+    pub is_active: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Webhook> for WebhookView {
+    fn from(w: Webhook) -> Self {
+        Self {
+            id: w.id.to_string(),
+            event: w.event,
+            target_url: w.target_url,
+            is_active: w.is_active,
+            created_at: to_rfc3339(w.created_at),
+            updated_at: to_rfc3339(w.updated_at),
+        }
+    }
+}
+
+fn parse_event(app: &AppState, s: &str) -> Result<EventName, ApiError> {
+    app.catalog.event_name(s).ok_or_else(|| {
+        let allowed: Vec<&str> = app.catalog.names().collect();
+        ApiError::invalid("event", format!("is not an allowed event; allowed: {}", allowed.join(", ")))
+    })
+}
+
+/// Parses the URL and checks every address it resolves to against the SSRF policy.
+async fn vet_target(app: &AppState, raw: &str) -> Result<TargetUrl, ApiError> {
+    let url = TargetUrl::parse(raw).map_err(|e| ApiError::invalid("target_url", e.to_string()))?;
+    app.ssrf
+        .resolve(&url.host(), url.port(), url.is_https())
+        .await
+        .map_err(|e| ApiError::invalid("target_url", e.to_string()))?;
+    Ok(url)
+}
+
+async fn create(
+    State(app): State<AppState>,
+    ProjectAuth(project): ProjectAuth,
+    TypedJson(body): TypedJson<CreateWebhook>,
+) -> Result<Response, ApiError> {
+    let event = parse_event(&app, &body.event)?;
+    let url = vet_target(&app, &body.target_url).await?;
+    let now = now_ms();
+    let webhook = Webhook {
+        id: WebhookId::generate(),
+        project_id: project,
+        event: event.as_str().to_owned(),
+        target_url: url.as_str().to_owned(),
+        is_active: body.is_active,
+        created_at: now,
+        updated_at: now,
+    };
+    app.store.create_webhook(webhook.clone()).await?;
+    let location = HeaderValue::from_str(&format!("/v1/webhooks/{}", webhook.id)).expect("ids are ASCII");
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(WebhookView::from(webhook))).into_response())
+}
+
+async fn list(
+    State(app): State<AppState>,
+    ProjectAuth(project): ProjectAuth,
+    query: QueryMap,
+) -> Result<Json<ListResponse<WebhookView>>, ApiError> {
+    let page = query.page(|c| WebhookId::parse(c).is_some())?;
+    let hooks = app.store.list_webhooks(project, page).await?;
+    Ok(Json(ListResponse { data: hooks.items.into_iter().map(Into::into).collect(), next_cursor: hooks.next }))
+}
+
+async fn show(
+    State(app): State<AppState>,
+    ProjectAuth(project): ProjectAuth,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let id = WebhookId::parse(&id).ok_or(ApiError::NotFound)?;
+    let hook = app.store.get_webhook(project, id).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(hook.into()))
+}
+
+async fn update(
+    State(app): State<AppState>,
+    ProjectAuth(project): ProjectAuth,
+    Path(id): Path<String>,
+    TypedJson(body): TypedJson<UpdateWebhook>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let id = WebhookId::parse(&id).ok_or(ApiError::NotFound)?;
+    // 404 before 422: whether the id exists is not a secret to its owner, and
+    // another project's id must look exactly like a missing one.
+    app.store.get_webhook(project.clone(), id.clone()).await?.ok_or(ApiError::NotFound)?;
+    let event = body.event.as_deref().map(|e| parse_event(&app, e)).transpose()?;
+    let target_url = match body.target_url.as_deref() {
+        Some(raw) => Some(vet_target(&app, raw).await?.as_str().to_owned()),
+        None => None,
+    };
+    let patch = WebhookPatch { event, target_url, is_active: body.is_active };
+    let hook = app.store.update_webhook(project, id, patch, now_ms()).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(hook.into()))
+}
+
+async fn remove(
+    State(app): State<AppState>,
+    ProjectAuth(project): ProjectAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = WebhookId::parse(&id).ok_or(ApiError::NotFound)?;
+    if app.store.delete_webhook(project, id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::NotFound) }
+}

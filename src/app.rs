@@ -1,0 +1,155 @@
+//! Wiring: [`Application::build`] turns settings into a bound listener, an API
+//! and a worker; [`Application::run_until_stopped`] runs them until the
+//! shutdown future completes. `main` and the tests use the same two calls.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiContext};
+use crate::config::{DatabaseUrl, Role, Settings};
+use crate::delivery::client::DeliveryClient;
+use crate::delivery::{Worker, WorkerSettings};
+use crate::domain::time::now_ms;
+use crate::store::{Backend as _, Store};
+use crate::vault::Vault;
+
+/// How often the retention pruner looks for old data.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Events deleted per statement, so pruning never holds the writer for long.
+const PRUNE_BATCH: u32 = 500;
+
+/// Opens the database, applies migrations, and loads the vault key: what every
+/// subcommand that touches data needs.
+pub async fn open_store(database: &DatabaseUrl, secret_key: Option<&str>) -> anyhow::Result<(Store, Vault)> {
+    let store = Store::open(database).await?;
+    store.migrate().await.context("applying migrations")?;
+    let vault = match (secret_key, database) {
+        (Some(key), _) => Vault::from_base64(key).context("--secret-key")?,
+        (None, DatabaseUrl::Sqlite(path)) => {
+            let mut key_path = path.clone().into_os_string();
+            key_path.push(".key");
+            Vault::load_or_create(std::path::Path::new(&key_path))?
+        }
+        (None, DatabaseUrl::Postgres(_)) => anyhow::bail!(
+            "--secret-key (HOOKLINE_SECRET_KEY) is required with PostgreSQL: every node must share it; \
+             generate one with `hookline secret-key`"
+        ),
+    };
+    Ok((store, vault))
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    worker: Option<Worker>,
+    store: Store,
+    retention: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let (store, vault) = open_store(&settings.database, settings.secret_key.as_deref()).await?;
+        let vault = Arc::new(vault);
+        let work_ready = Arc::new(Notify::new());
+        let state = Arc::new(ApiContext {
+            store: store.clone(),
+            catalog: settings.catalog.clone(),
+            ssrf: settings.ssrf.clone(),
+            vault: vault.clone(),
+            admin_token: settings.admin_token.clone(),
+            max_data_bytes: settings.max_data_bytes,
+            secret_overlap: settings.secret_overlap,
+            work_ready: work_ready.clone(),
+            keys: Default::default(),
+        });
+        let router = match settings.role {
+            Role::Worker => api::worker_router(state),
+            Role::Api | Role::All => api::router(state),
+        };
+        let worker = (settings.role != Role::Api).then(|| {
+            let client = DeliveryClient::new(
+                settings.ssrf.clone(),
+                settings.connect_timeout,
+                settings.request_timeout,
+                settings.max_per_target,
+            );
+            let worker_settings = WorkerSettings {
+                retry: settings.retry.clone(),
+                lease: settings.lease,
+                poll_interval: settings.poll_interval,
+                max_in_flight: settings.max_in_flight,
+                max_per_target: settings.max_per_target,
+                shutdown_grace: settings.shutdown_grace,
+            };
+            Worker::new(store.clone(), vault, client, worker_settings, work_ready)
+        });
+        let listener =
+            TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
+        Ok(Self { listener, router, worker, store, retention: settings.retention })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then drains: the API stops accepting,
+    /// the worker finishes or gives back its in-flight deliveries.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        });
+        tracing::info!(address = %self.local_addr(), "hookline is listening");
+        let worker = self.worker.map(|w| tokio::spawn(w.run(stop.clone())));
+        let pruner = tokio::spawn(prune_forever(self.store.clone(), self.retention, stop.clone()));
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        if let Some(worker) = worker {
+            worker.await.context("the delivery worker panicked")?;
+        }
+        pruner.abort();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Deletes events and logs past the retention period, in small batches so
+/// ingest is never blocked behind a large delete.
+async fn prune_forever(store: Store, retention: Duration, stop: CancellationToken) {
+    loop {
+        loop {
+            let now = now_ms();
+            match store.prune(now - retention.as_millis() as i64, now, PRUNE_BATCH).await {
+                Ok(n) if n == u64::from(PRUNE_BATCH) => tokio::task::yield_now().await,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(events = n, "pruned old events");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The delivery worker.
+//!
+//! One dispatcher task claims due deliveries in batches (as many as there are
+//! free in-flight slots), spawns one task per delivery, and goes back to sleep
+//! when nothing is due. It wakes on an in-process signal when new work is
+//! committed, on a timer for short retries, and on a poll as the backstop
+//! (work from other processes, expired leases, retries scheduled before a
+//! restart). No transaction is open while a request is in flight: the claim is
+//! committed first, and the result is recorded afterwards by a recorder task
+//! that writes completions in batches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{DeliveryClient, SendError, header};
+use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_after};
+use crate::domain::time::{now_ms, to_rfc3339};
+use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs};
+use crate::projects;
+use crate::signing;
+use crate::store::{Attempt, Backend as _, Claimed, Completion, LeaseToken, NextState, Store};
+use crate::vault::Vault;
+
+/// Most deliveries claimed in one statement.
+const CLAIM_BATCH: usize = 256;
+/// Most results recorded in one write.
+const RECORD_BATCH: usize = 512;
+/// How long a delivery waits for a slot of its target before it is given back.
+const TARGET_WAIT: Duration = Duration::from_millis(250);
+/// When a delivery given back for a busy target is due again.
+const TARGET_BACKOFF_MS: i64 = 1_000;
+/// Per-target semaphores kept before idle ones are dropped.
+const TARGETS_KEPT: usize = 4_096;
+
+pub struct WorkerSettings {
+    pub retry: RetryPolicy,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    pub max_in_flight: usize,
+    pub max_per_target: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// What the per-delivery tasks share.
+struct Shared {
+    client: DeliveryClient,
+    retry: RetryPolicy,
+    max_per_target: usize,
+    /// One semaphore per target host, so one slow receiver cannot hold every slot.
+    targets: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Claimed and not yet finished, to give back on shutdown.
+    in_flight: Mutex<HashMap<DeliveryId, LeaseToken>>,
+    results: mpsc::UnboundedSender<Result_>,
+}
+
+/// A finished delivery task's result for the recorder.
+enum Result_ {
+    Done(Completion),
+    /// Not attempted; due again at the given time.
+    GiveBack(DeliveryId, LeaseToken, UnixMs),
+}
+
+pub struct Worker {
+    store: Store,
+    vault: Arc<Vault>,
+    settings: WorkerSettings,
+    work_ready: Arc<Notify>,
+    /// Taken by `run` into the state its tasks share.
+    client: Option<DeliveryClient>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        vault: Arc<Vault>,
+        client: DeliveryClient,
+        settings: WorkerSettings,
+        work_ready: Arc<Notify>,
+    ) -> Self {
+        Self { store, vault, settings, work_ready, client: Some(client) }
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight
+    /// sends finish within the grace period, and gives back what is left.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            client: self.client.take().expect("run once"),
+            retry: self.settings.retry.clone(),
+            max_per_target: self.settings.max_per_target,
+            targets: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            results: results_tx,
+        });
+        let recorder =
+            tokio::spawn(record(self.store.clone(), results_rx, self.work_ready.clone(), self.settings.poll_interval));
+        let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
+        let lease_ms = self.settings.lease.as_millis() as i64;
+        let mut tasks = JoinSet::new();
+
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+            };
+            let mut permits = vec![first];
+            while permits.len() < CLAIM_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let asked = permits.len();
+            let now = now_ms();
+            let claimed = match self.store.claim(now, now + lease_ms, asked as u32).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming deliveries failed");
+                    drop(permits);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(self.settings.poll_interval) => continue,
+                    }
+                }
+            };
+            let got = claimed.len();
+            if got > 0 {
+                self.spawn_sends(&shared, &mut tasks, claimed, &mut permits, now).await;
+            }
+            drop(permits);
+            while let Some(joined) = tasks.try_join_next() {
+                if let Err(e) = joined {
+                    tracing::error!(error = %e, "a delivery task failed");
+                }
+            }
+            if got == asked {
+                continue; // More may be due right now.
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.work_ready.notified() => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+
+        // Shutdown: no new claims. Let in-flight sends finish within the grace period.
+        let drained =
+            tokio::time::timeout(self.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
+                .await;
+        if drained.is_err() {
+            tracing::warn!(left = tasks.len(), "grace period over; giving back unfinished deliveries");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let left: Vec<(DeliveryId, LeaseToken)> = shared.in_flight.lock().expect("not poisoned").drain().collect();
+        drop(shared);
+        let _ = recorder.await;
+        if !left.is_empty()
+            && let Err(e) = self.store.release(left, now_ms()).await
+        {
+            tracing::error!(error = %e, "giving back deliveries failed; their leases will expire");
+        }
+    }
+
+    async fn spawn_sends(
+        &self,
+        shared: &Arc<Shared>,
+        tasks: &mut JoinSet<()>,
+        claimed: Vec<Claimed>,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+        now: UnixMs,
+    ) {
+        let mut projects: Vec<ProjectId> = claimed.iter().map(|c| c.project_id.clone()).collect();
+        projects.sort();
+        projects.dedup();
+        let secrets = match projects::signing_secrets(&self.store, &self.vault, projects, now).await {
+            Ok(s) => s.into_iter().map(|(k, v)| (k, Arc::new(v))).collect::<HashMap<_, _>>(),
+            Err(e) => {
+                tracing::error!(error = %e, "loading signing secrets failed; giving deliveries back");
+                for c in claimed {
+                    let _ = shared.results.send(Result_::GiveBack(c.id, c.lease, now + TARGET_BACKOFF_MS));
+                }
+                return;
+            }
+        };
+        let mut in_flight = shared.in_flight.lock().expect("not poisoned");
+        for c in claimed {
+            let permit = permits.pop().expect("one permit per claimed delivery");
+            in_flight.insert(c.id.clone(), c.lease);
+            let secrets = secrets.get(&c.project_id).cloned();
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                let id = c.id.clone();
+                let result = deliver(&shared, c, secrets).await;
+                // Record first, then forget: a shutdown in between cannot give back a finished delivery.
+                let _ = shared.results.send(result);
+                shared.in_flight.lock().expect("not poisoned").remove(&id);
+                drop(permit);
+            });
+        }
+    }
+}
+
+impl Shared {
+    fn target_slots(&self, authority: &str) -> Arc<Semaphore> {
+        let mut targets = self.targets.lock().expect("not poisoned");
+        if targets.len() >= TARGETS_KEPT {
+            let max = self.max_per_target;
+            targets.retain(|_, s| s.available_permits() < max);
+        }
+        targets.entry(authority.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.max_per_target))).clone()
+    }
+}
+
+/// The request body: the raw bytes that are signed.
+fn body_of(c: &Claimed) -> Bytes {
+    // Ids and catalog event names contain no character that needs escaping,
+    // and data is stored as compact JSON text, so this is valid JSON.
+    Bytes::from(format!(
+        r#"{{"id":"{}","type":"{}","timestamp":"{}","data":{}}}"#,
+        c.event_id,
+        c.event_name,
+        to_rfc3339(c.event_created_at),
+        c.data.as_json()
+    ))
+}
+
+fn failed_without_attempt(c: &Claimed, reason: &str) -> Result_ {
+    Result_::Done(Completion {
+        id: c.id.clone(),
+        lease: c.lease,
+        next: NextState::Failed,
+        attempt: None,
+        target_url: None,
+        last_error: Some(reason.to_owned()),
+        deactivate_webhook: false,
+    })
+}
+
+async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSecret>>>) -> Result_ {
+    let Some((url, active)) = c.webhook.clone() else {
+        return failed_without_attempt(&c, "the webhook was deleted");
+    };
+    if !active {
+        return failed_without_attempt(&c, "the webhook is disabled");
+    }
+    let authority = url.split('/').nth(2).unwrap_or_default().to_owned();
+    let slots = shared.target_slots(&authority);
+    let _target_permit = match slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => match tokio::time::timeout(TARGET_WAIT, slots.acquire_owned()).await {
+            Ok(p) => p.expect("never closed"),
+            Err(_) => return Result_::GiveBack(c.id, c.lease, now_ms() + TARGET_BACKOFF_MS),
+        },
+    };
+
+    let number = c.attempts + 1;
+    let started_at = now_ms();
+    let clock = std::time::Instant::now();
+    let result = match secrets.as_deref().filter(|s| !s.is_empty()) {
+        None => Err(SendError {
+            class: ErrorClass::Signing,
+            message: "the project's signing secret could not be loaded".to_owned(),
+        }),
+        Some(secrets) => {
+            let body = body_of(&c);
+            let headers = signed_headers(&c, secrets, &body, started_at / 1000);
+            shared.client.post(&url, headers, body).await
+        }
+    };
+    let duration_ms = clock.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+    let mut attempt = Attempt {
+        number,
+        started_at,
+        duration_ms,
+        response_code: None,
+        error_class: None,
+        error: None,
+        response_body: None,
+    };
+    let (outcome, last_error) = match result {
+        Ok(answer) => {
+            let code = answer.status;
+            let retry_after = answer.retry_after.as_deref().and_then(|v| parse_retry_after(v, now_ms()));
+            attempt.response_code = Some(code);
+            attempt.response_body = Some(answer.body_prefix).filter(|b| !b.is_empty());
+            let error = (!(200..300).contains(&code)).then(|| format!("the receiver answered HTTP {code}"));
+            (Outcome::Status { code, retry_after }, error)
+        }
+        Err(e) => {
+            attempt.error_class = Some(e.class.as_str().to_owned());
+            attempt.error = Some(e.message.clone());
+            (Outcome::Error(e.class), Some(e.message))
+        }
+    };
+    let decision = shared.retry.decide(number, &outcome, now_ms(), &mut rand::rng());
+    let (next, deactivate) = match decision {
+        Decision::Sent => (NextState::Sent, false),
+        Decision::Failed { deactivate } => (NextState::Failed, deactivate),
+        Decision::RetryAt(at) => (NextState::RetryAt(at), false),
+    };
+    if deactivate {
+        tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; deactivating the webhook");
+    }
+    Result_::Done(Completion {
+        id: c.id,
+        lease: c.lease,
+        next,
+        attempt: Some(attempt),
+        target_url: Some(url),
+        last_error,
+        deactivate_webhook: deactivate,
+    })
+}
+
+/// The headers of one attempt; the timestamp and signatures are fresh each time,
+/// the `webhook-id` is the delivery's and never changes.
+fn signed_headers(c: &Claimed, secrets: &[SigningSecret], body: &[u8], timestamp: i64) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(8);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(USER_AGENT, HeaderValue::from_static(super::USER_AGENT));
+    h.insert("x-event-name", header(&c.event_name));
+    h.insert("x-signature", header(&signing::x_signature(secrets[0].expose(), body)));
+    h.insert("webhook-id", header(c.id.as_str()));
+    h.insert("webhook-timestamp", header(&timestamp.to_string()));
+    h.insert("webhook-signature", header(&signing::webhook_signature_header(secrets, c.id.as_str(), timestamp, body)));
+    h
+}
+
+/// Writes results in batches, retrying a failed write a few times: a result
+/// that cannot be written is not lost work, only a delivery that will be sent
+/// again once its lease expires.
+async fn record(
+    store: Store,
+    mut results: mpsc::UnboundedReceiver<Result_>,
+    work_ready: Arc<Notify>,
+    poll_interval: Duration,
+) {
+    let mut done = Vec::with_capacity(RECORD_BATCH);
+    let mut given_back: HashMap<UnixMs, Vec<(DeliveryId, LeaseToken)>> = HashMap::new();
+    while let Some(first) = results.recv().await {
+        let mut next = Some(first);
+        while let Some(r) = next {
+            match r {
+                Result_::Done(c) => done.push(c),
+                Result_::GiveBack(id, lease, at) => given_back.entry(at).or_default().push((id, lease)),
+            }
+            next = if done.len() < RECORD_BATCH { results.try_recv().ok() } else { None };
+        }
+        let now = now_ms();
+        for c in &done {
+            // Retries due sooner than the next poll get a timer of their own.
+            if let NextState::RetryAt(at) = c.next
+                && at - now < poll_interval.as_millis() as i64
+            {
+                let work_ready = work_ready.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await;
+                    work_ready.notify_one();
+                });
+            }
+        }
+        if !done.is_empty() {
+            let batch = std::mem::take(&mut done);
+            with_retries("recording delivery results", || store.complete(batch.clone(), now)).await;
+        }
+        for (at, held) in given_back.drain() {
+            with_retries("giving deliveries back", || store.release(held.clone(), at)).await;
+        }
+    }
+}
+
+async fn with_retries<T, F, Fut>(what: &str, mut op: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::store::Result<T>>,
+{
+    for wait_ms in [50, 200, 1000, 0] {
+        match op().await {
+            Ok(_) => return,
+            Err(e) if wait_ms == 0 => {
+                tracing::error!(error = %e, "{what} failed; the leases will expire and the deliveries run again")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            }
+        }
+    }
+}

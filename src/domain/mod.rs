@@ -1,0 +1,14 @@
+//! Pure domain types, no I/O. Each type parses its input once at the edge, so
+//! code past the API never holds an unchecked id, event name, URL or secret.
+
+pub mod catalog;
+pub mod ids;
+pub mod secrets;
+pub mod target_url;
+pub mod time;
+
+pub use catalog::{Catalog, DataError, EventData, EventName, FieldError};
+pub use ids::{ApiKeyId, DeliveryId, EventId, ProjectId, WebhookId};
+pub use secrets::{ApiKey, ApiKeyHash, SigningSecret};
+pub use target_url::TargetUrl;
+pub use time::UnixMs;

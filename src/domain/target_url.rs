@@ -1,0 +1,130 @@
+//! `TargetUrl`: a webhook destination that is syntactically acceptable.
+//!
+//! Parsing follows the WHATWG URL standard (the `url` crate), which also turns
+//! odd IPv4 spellings (`2130706433`, `0x7f.1`, `017700000001`) into the address
+//! they mean, so the SSRF policy judges `127.0.0.1`, never the raw string.
+//! Whether the address behind the host may be reached is [`crate::ssrf`]'s
+//! question, asked at creation and again at every delivery attempt.
+
+use std::fmt;
+
+use url::{Host, Url};
+
+/// Longer URLs are almost certainly a mistake or an attack on log storage.
+const MAX_URL_LEN: usize = 2048;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct TargetUrl(Url);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("must be an absolute URL such as https://example.com/webhooks")]
+    NotAUrl,
+    #[error("must be at most {MAX_URL_LEN} characters")]
+    TooLong,
+    #[error("scheme must be https (http only for development or allowed ranges)")]
+    Scheme,
+    #[error("must not contain a user name or password")]
+    Userinfo,
+    #[error("must have a host")]
+    NoHost,
+    #[error("must not contain a fragment (#...)")]
+    Fragment,
+}
+
+impl TargetUrl {
+    pub fn parse(s: &str) -> Result<Self, UrlError> {
+        if s.len() > MAX_URL_LEN {
+            return Err(UrlError::TooLong);
+        }
+        let url = Url::parse(s.trim()).map_err(|_| UrlError::NotAUrl)?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(UrlError::Scheme);
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(UrlError::Userinfo);
+        }
+        match url.host() {
+            None => return Err(UrlError::NoHost),
+            Some(Host::Domain("")) => return Err(UrlError::NoHost),
+            Some(_) => {}
+        }
+        if url.fragment().is_some() {
+            return Err(UrlError::Fragment);
+        }
+        Ok(Self(url))
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.0.scheme() == "https"
+    }
+
+    pub fn host(&self) -> Host<&str> {
+        self.0.host().expect("checked in parse")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port_or_known_default().expect("http and https have default ports")
+    }
+
+    /// The canonical serialization: what is stored, shown and dialled.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TargetUrl({})", self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn odd_ipv4_spellings_are_read_as_the_address_they_mean() {
+        for s in [
+            "https://2130706433/",
+            "https://0x7f000001/",
+            "https://0x7f.1/",
+            "https://017700000001/",
+            "https://127.1/",
+            "https://0177.0.0.1/",
+        ] {
+            let url = TargetUrl::parse(s).unwrap();
+            assert_eq!(url.host(), Host::<&str>::Ipv4(Ipv4Addr::LOCALHOST), "{s}");
+            assert_eq!(url.as_str(), "https://127.0.0.1/", "{s}");
+        }
+    }
+
+    #[test]
+    fn urls_that_cannot_be_targets_are_refused() {
+        let cases = [
+            ("ftp://example.com/", UrlError::Scheme),
+            ("file:///etc/passwd", UrlError::Scheme),
+            ("https://user:pw@example.com/", UrlError::Userinfo),
+            ("https://user@example.com/", UrlError::Userinfo),
+            ("example.com/hook", UrlError::NotAUrl),
+            ("https://example.com/#frag", UrlError::Fragment),
+        ];
+        for (s, want) in cases {
+            assert_eq!(TargetUrl::parse(s), Err(want), "{s}");
+        }
+        assert_eq!(TargetUrl::parse(&format!("https://a.com/{}", "x".repeat(3000))), Err(UrlError::TooLong));
+    }
+
+    #[test]
+    fn ports_default_by_scheme() {
+        assert_eq!(TargetUrl::parse("https://example.com/x").unwrap().port(), 443);
+        assert_eq!(TargetUrl::parse("http://example.com:8081/x").unwrap().port(), 8081);
+    }
+}

@@ -1,0 +1,44 @@
+//! hookline: a webhook delivery service.
+//!
+//! An application reports business events (`order.created`, `order.paid`) to
+//! `POST /v1/events`. hookline validates each against the event catalog,
+//! commits it together with one pending delivery per active webhook of its
+//! project, and answers 202 only then. A worker claims due deliveries, signs
+//! each (GitHub-style `X-Signature` and Standard Webhooks headers), POSTs it to
+//! the webhook's URL through an SSRF-guarded client, records the attempt, and
+//! retries with backoff on network errors and 5xx.
+//!
+//! # Layout
+//!
+//! Data flows one way: request → [`api`] (parse into [`domain`] types) →
+//! [`store`] (one transaction) → worker wakes → [`delivery`] (claim, [`signing`],
+//! send through [`ssrf`]-checked connections) → [`store`] (record the attempt).
+//!
+//! - [`cli`], [`config`]: the command line and the checked [`config::Settings`].
+//! - [`app`]: builds and runs the API, the worker and the pruner.
+//! - [`domain`]: ids, event catalog, target URLs, keys and secrets. No I/O.
+//! - [`api`]: axum routes, one module per resource; problem+json errors.
+//! - [`store`]: the only SQL; the [`store::Backend`] contract and its backends.
+//! - [`delivery`]: the worker, the HTTP client, the retry policy.
+//! - [`signing`]: both signature schemes, sign and verify.
+//! - [`ssrf`]: which target addresses may be reached.
+//! - [`vault`]: encryption of signing secrets at rest.
+//! - [`projects`]: provisioning of projects, keys and secrets.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod projects;
+pub mod signing;
+pub mod ssrf;
+pub mod store;
+pub mod telemetry;
+pub mod vault;
+
+pub use app::Application;
+pub use config::Settings;

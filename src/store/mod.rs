@@ -1,0 +1,497 @@
+//! The store: the only place with SQL.
+//!
+//! [`Backend`] is the contract; `sqlite.rs` and `postgres.rs` implement it and
+//! [`Store`] dispatches to the configured one without boxing. One conformance
+//! suite (`tests/api/store.rs`) runs against both.
+//!
+//! The database is also the queue (a transactional outbox): [`Backend::ingest`]
+//! commits the event and one pending delivery per active webhook in one
+//! transaction, so a 202 is answered only for work that is already durable.
+//! Workers [`Backend::claim`] due deliveries with a lease, commit, send without
+//! any transaction open, and [`Backend::complete`] with a guarded update that
+//! only applies while their lease is still the current one.
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use crate::domain::{ApiKeyHash, ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, UnixMs, WebhookId};
+
+/// Errors of the storage layer. Anything here is an internal error to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Identifies one claim; completion applies only while it is still current.
+pub type LeaseToken = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: String,
+    pub created_at: UnixMs,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: ApiKeyId,
+    pub hash: ApiKeyHash,
+    /// The first characters of the key, to tell keys apart in listings.
+    pub prefix: String,
+    pub created_at: UnixMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: ApiKeyId,
+    pub prefix: String,
+    pub created_at: UnixMs,
+    pub revoked_at: Option<UnixMs>,
+}
+
+/// A signing secret as stored: sealed by the vault.
+#[derive(Debug, Clone)]
+pub struct SealedSecret {
+    pub project_id: ProjectId,
+    pub sealed: Vec<u8>,
+    pub created_at: UnixMs,
+    /// `None` for the current secret; the end of the overlap for an old one.
+    pub expires_at: Option<UnixMs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: WebhookId,
+    pub project_id: ProjectId,
+    pub event: String,
+    pub target_url: String,
+    pub is_active: bool,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+/// Fields of a webhook to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookPatch {
+    pub event: Option<EventName>,
+    pub target_url: Option<String>,
+    pub is_active: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: EventId,
+    pub project_id: ProjectId,
+    pub event_name: String,
+    pub data: EventData,
+    pub created_at: UnixMs,
+}
+
+/// An `Idempotency-Key` and what the request asked, to tell a retry from a
+/// reuse of the key for a different event.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub project_id: ProjectId,
+    pub name: EventName,
+    pub data: EventData,
+    pub created_at: UnixMs,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Sent,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "sent" => Some(Self::Sent),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySummary {
+    pub id: DeliveryId,
+    pub webhook_id: WebhookId,
+    pub status: DeliveryStatus,
+}
+
+/// What ingest answers: the event and the deliveries it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub event_id: EventId,
+    pub event_name: String,
+    pub created_at: UnixMs,
+    pub deliveries: Vec<DeliverySummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Created(Receipt),
+    /// The key was seen within 24 h for the same request: the first answer.
+    Replayed(Receipt),
+    /// The key was seen within 24 h for a different request.
+    KeyReused,
+}
+
+/// One row of `webhook_logs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryLog {
+    pub id: DeliveryId,
+    pub project_id: ProjectId,
+    pub event: String,
+    pub event_id: EventId,
+    pub webhook_id: WebhookId,
+    pub target_url: String,
+    pub status: DeliveryStatus,
+    pub response_code: Option<u16>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<UnixMs>,
+    pub last_error: Option<String>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+/// One attempt of a delivery, as kept in `delivery_attempts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: UnixMs,
+    pub duration_ms: u32,
+    pub response_code: Option<u16>,
+    /// `timeout`, `connect`, `dns`, `tls`, `blocked`, `protocol`; `None` when the receiver answered.
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    /// At most the first 1 KiB of the response body.
+    pub response_body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub status: Option<DeliveryStatus>,
+    pub event: Option<String>,
+    pub webhook_id: Option<WebhookId>,
+    pub event_id: Option<EventId>,
+    pub since: Option<UnixMs>,
+    pub until: Option<UnixMs>,
+}
+
+/// Keyset pagination, newest first: `after` is the last id of the previous page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub limit: u32,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    /// The cursor of the next page, when there is one.
+    pub next: Option<String>,
+}
+
+impl<T> Paged<T> {
+    /// Builds a page from up to `limit + 1` rows: the extra row only says that
+    /// more exist.
+    fn from_rows(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> &str) -> Self {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = if more { rows.last().map(|r| id(r).to_owned()) } else { None };
+        Self { items: rows, next }
+    }
+}
+
+/// A delivery a worker holds: everything needed to send it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: DeliveryId,
+    pub lease: LeaseToken,
+    pub project_id: ProjectId,
+    pub event_id: EventId,
+    pub event_name: String,
+    pub event_created_at: UnixMs,
+    pub data: EventData,
+    pub webhook_id: WebhookId,
+    /// The webhook's current URL and state; `None` when it was deleted.
+    pub webhook: Option<(String, bool)>,
+    /// Attempts already recorded.
+    pub attempts: u32,
+}
+
+/// The state a delivery moves to after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextState {
+    Sent,
+    Failed,
+    RetryAt(UnixMs),
+}
+
+/// The result of working on a claimed delivery.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: DeliveryId,
+    pub lease: LeaseToken,
+    pub next: NextState,
+    /// The attempt made; `None` when no request was sent (the webhook was
+    /// deleted or disabled in the meantime).
+    pub attempt: Option<Attempt>,
+    /// The URL the attempt went to (the webhook's current one), kept in the log.
+    pub target_url: Option<String>,
+    pub last_error: Option<String>,
+    /// 410 Gone: the receiver asked to stop.
+    pub deactivate_webhook: bool,
+}
+
+/// Counts for readiness and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub due: u64,
+    pub leased: u64,
+    pub oldest_pending_created_at: Option<UnixMs>,
+}
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// What every storage backend provides. All methods that read or change a
+/// project's objects take the project id and never cross projects.
+pub trait Backend: Send + Sync {
+    /// Brings the schema up to date; safe to run from several processes at once.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Readiness: the database answers and the schema is current.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+
+    fn create_project(
+        &self,
+        project: Project,
+        key: NewApiKey,
+        sealed_secret: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The project owning an unrevoked key with this hash.
+    fn project_by_key(&self, hash: ApiKeyHash) -> impl Future<Output = Result<Option<ProjectId>>> + Send;
+    /// Adds a key; `false` when the project does not exist.
+    fn create_api_key(&self, project: ProjectId, key: NewApiKey) -> impl Future<Output = Result<bool>> + Send;
+    /// Revokes a key; `false` when the project has no such unrevoked key.
+    fn revoke_api_key(
+        &self,
+        project: ProjectId,
+        key: ApiKeyId,
+        now: UnixMs,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    fn list_api_keys(&self, project: ProjectId) -> impl Future<Output = Result<Vec<ApiKeyRecord>>> + Send;
+
+    /// The secrets that sign now for these projects, newest first per project.
+    fn signing_secrets(
+        &self,
+        projects: Vec<ProjectId>,
+        now: UnixMs,
+    ) -> impl Future<Output = Result<Vec<SealedSecret>>> + Send;
+    /// Makes `sealed` the current secret; the previous ones keep signing until `overlap_until`.
+    fn rotate_secret(
+        &self,
+        project: ProjectId,
+        sealed: Vec<u8>,
+        now: UnixMs,
+        overlap_until: UnixMs,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn create_webhook(&self, webhook: Webhook) -> impl Future<Output = Result<()>> + Send;
+    fn list_webhooks(&self, project: ProjectId, page: Page) -> impl Future<Output = Result<Paged<Webhook>>> + Send;
+    fn get_webhook(&self, project: ProjectId, id: WebhookId) -> impl Future<Output = Result<Option<Webhook>>> + Send;
+    fn update_webhook(
+        &self,
+        project: ProjectId,
+        id: WebhookId,
+        patch: WebhookPatch,
+        now: UnixMs,
+    ) -> impl Future<Output = Result<Option<Webhook>>> + Send;
+    fn delete_webhook(&self, project: ProjectId, id: WebhookId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Commits the event, its pending deliveries and the idempotency key in one transaction.
+    fn ingest(&self, event: NewEvent) -> impl Future<Output = Result<Ingested>> + Send;
+    fn list_events(&self, project: ProjectId, page: Page) -> impl Future<Output = Result<Paged<Event>>> + Send;
+    fn get_event(
+        &self,
+        project: ProjectId,
+        id: EventId,
+    ) -> impl Future<Output = Result<Option<(Event, Vec<DeliverySummary>)>>> + Send;
+
+    fn list_logs(
+        &self,
+        project: ProjectId,
+        filter: LogFilter,
+        page: Page,
+    ) -> impl Future<Output = Result<Paged<DeliveryLog>>> + Send;
+    fn get_log(
+        &self,
+        project: ProjectId,
+        id: DeliveryId,
+    ) -> impl Future<Output = Result<Option<(DeliveryLog, Vec<Attempt>)>>> + Send;
+    /// Makes a delivery pending and due now, whatever its state. A lease held
+    /// by a worker is cancelled: that worker's result will not be recorded.
+    fn retry_delivery(
+        &self,
+        project: ProjectId,
+        id: DeliveryId,
+        now: UnixMs,
+    ) -> impl Future<Output = Result<Option<DeliveryLog>>> + Send;
+
+    /// Leases up to `limit` due deliveries until `lease_until`.
+    fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
+    /// Records results; each applies only if its lease is still current.
+    /// Returns how many applied.
+    fn complete(&self, done: Vec<Completion>, now: UnixMs) -> impl Future<Output = Result<usize>> + Send;
+    /// Gives deliveries back unattempted, due at `due_at`.
+    fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes up to `batch` finished events older than `before`, with their
+    /// deliveries and attempts, and expired idempotency keys. Returns the
+    /// number of events deleted.
+    fn prune(&self, before: UnixMs, now: UnixMs, batch: u32) -> impl Future<Output = Result<u64>> + Send;
+    fn queue_stats(&self, now: UnixMs) -> impl Future<Output = Result<QueueStats>> + Send;
+}
+
+/// The configured backend.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the database named by `url` (without migrating).
+    pub async fn open(url: &crate::config::DatabaseUrl) -> anyhow::Result<Self> {
+        match url {
+            crate::config::DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(sqlite::SqliteStore::open(path)?)),
+            crate::config::DatabaseUrl::Postgres(_) => {
+                anyhow::bail!("PostgreSQL support is not built yet; use sqlite://")
+            }
+        }
+    }
+}
+
+impl Backend for Store {
+    async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+    async fn ping(&self) -> Result<()> {
+        dispatch!(self, s => s.ping().await)
+    }
+    async fn create_project(&self, project: Project, key: NewApiKey, sealed_secret: Vec<u8>) -> Result<()> {
+        dispatch!(self, s => s.create_project(project, key, sealed_secret).await)
+    }
+    async fn project_by_key(&self, hash: ApiKeyHash) -> Result<Option<ProjectId>> {
+        dispatch!(self, s => s.project_by_key(hash).await)
+    }
+    async fn create_api_key(&self, project: ProjectId, key: NewApiKey) -> Result<bool> {
+        dispatch!(self, s => s.create_api_key(project, key).await)
+    }
+    async fn revoke_api_key(&self, project: ProjectId, key: ApiKeyId, now: UnixMs) -> Result<bool> {
+        dispatch!(self, s => s.revoke_api_key(project, key, now).await)
+    }
+    async fn list_api_keys(&self, project: ProjectId) -> Result<Vec<ApiKeyRecord>> {
+        dispatch!(self, s => s.list_api_keys(project).await)
+    }
+    async fn signing_secrets(&self, projects: Vec<ProjectId>, now: UnixMs) -> Result<Vec<SealedSecret>> {
+        dispatch!(self, s => s.signing_secrets(projects, now).await)
+    }
+    async fn rotate_secret(
+        &self,
+        project: ProjectId,
+        sealed: Vec<u8>,
+        now: UnixMs,
+        overlap_until: UnixMs,
+    ) -> Result<()> {
+        dispatch!(self, s => s.rotate_secret(project, sealed, now, overlap_until).await)
+    }
+    async fn create_webhook(&self, webhook: Webhook) -> Result<()> {
+        dispatch!(self, s => s.create_webhook(webhook).await)
+    }
+    async fn list_webhooks(&self, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
+        dispatch!(self, s => s.list_webhooks(project, page).await)
+    }
+    async fn get_webhook(&self, project: ProjectId, id: WebhookId) -> Result<Option<Webhook>> {
+        dispatch!(self, s => s.get_webhook(project, id).await)
+    }
+    async fn update_webhook(
+        &self,
+        project: ProjectId,
+        id: WebhookId,
+        patch: WebhookPatch,
+        now: UnixMs,
+    ) -> Result<Option<Webhook>> {
+        dispatch!(self, s => s.update_webhook(project, id, patch, now).await)
+    }
+    async fn delete_webhook(&self, project: ProjectId, id: WebhookId) -> Result<bool> {
+        dispatch!(self, s => s.delete_webhook(project, id).await)
+    }
+    async fn ingest(&self, event: NewEvent) -> Result<Ingested> {
+        dispatch!(self, s => s.ingest(event).await)
+    }
+    async fn list_events(&self, project: ProjectId, page: Page) -> Result<Paged<Event>> {
+        dispatch!(self, s => s.list_events(project, page).await)
+    }
+    async fn get_event(&self, project: ProjectId, id: EventId) -> Result<Option<(Event, Vec<DeliverySummary>)>> {
+        dispatch!(self, s => s.get_event(project, id).await)
+    }
+    async fn list_logs(&self, project: ProjectId, filter: LogFilter, page: Page) -> Result<Paged<DeliveryLog>> {
+        dispatch!(self, s => s.list_logs(project, filter, page).await)
+    }
+    async fn get_log(&self, project: ProjectId, id: DeliveryId) -> Result<Option<(DeliveryLog, Vec<Attempt>)>> {
+        dispatch!(self, s => s.get_log(project, id).await)
+    }
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+        dispatch!(self, s => s.retry_delivery(project, id, now).await)
+    }
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
+        dispatch!(self, s => s.claim(now, lease_until, limit).await)
+    }
+    async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
+        dispatch!(self, s => s.complete(done, now).await)
+    }
+    async fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> Result<()> {
+        dispatch!(self, s => s.release(held, due_at).await)
+    }
+    async fn prune(&self, before: UnixMs, now: UnixMs, batch: u32) -> Result<u64> {
+        dispatch!(self, s => s.prune(before, now, batch).await)
+    }
+    async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
+        dispatch!(self, s => s.queue_stats(now).await)
+    }
+}
