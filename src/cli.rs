@@ -29,6 +29,8 @@ pub enum Command {
     Project(ProjectCommand),
     /// Print a fresh random key for --secret-key.
     SecretKey,
+    /// Run a local receiver that verifies and prints incoming webhooks.
+    Listen(crate::listen::ListenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", crate::vault::Vault::generate_key());
             Ok(())
         }
+        Command::Listen(args) => crate::listen::run(args).await,
         Command::Project(cmd) => {
             telemetry::init(LogFormat::Pretty);
             project(cmd).await

@@ -24,6 +24,7 @@
 //! - [`ssrf`]: which target addresses may be reached.
 //! - [`vault`]: encryption of signing secrets at rest.
 //! - [`projects`]: provisioning of projects, keys and secrets.
+//! - [`listen`]: a local receiver for developers (`hookline listen`).
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod listen;
 pub mod projects;
 pub mod signing;
 pub mod ssrf;

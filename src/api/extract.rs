@@ -75,7 +75,9 @@ fn describe_serde_error(path: &str, msg: &str) -> FieldError {
     let at = |name: &str| if path == "." || path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
     let quoted = |m: &str| m.split('`').nth(1).unwrap_or("?").to_owned();
     if msg.starts_with("unknown field") {
-        FieldError::new(at(&quoted(msg)), "unknown field")
+        // The path already ends at the unknown field.
+        let field = if path == "." || path.is_empty() { quoted(msg) } else { path.to_owned() };
+        FieldError::new(field, "unknown field")
     } else if msg.starts_with("missing field") {
         FieldError::new(at(&quoted(msg)), "is required")
     } else if let Some((_, expected)) = msg.rsplit_once("expected ") {
@@ -127,7 +129,7 @@ mod tests {
 
     #[test]
     fn serde_errors_name_fields_without_values() {
-        let e = describe_serde_error(".", "unknown field `colour`, expected one of `event`, `target_url`");
+        let e = describe_serde_error("colour", "unknown field `colour`, expected one of `event`, `target_url`");
         assert_eq!(e, FieldError::new("colour", "unknown field"));
         let e = describe_serde_error(".", "missing field `event`");
         assert_eq!(e, FieldError::new("event", "is required"));

@@ -1,0 +1,360 @@
+//! The harness: a real hookline server on a random port with its own fresh
+//! database, and a real HTTP receiver that records what it gets and answers
+//! as scripted.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+
+/// Upper bound on waiting for something that should happen; reaching it fails
+/// the test. Tests never sleep for a fixed time and then look.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Admin token of every test server.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Which store a test runs against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+}
+
+/// Flags every test server gets: a receiver on loopback is allowed on purpose,
+/// retries are milliseconds apart and the worker polls often.
+const TEST_FLAGS: &[&str] = &[
+    "--listen",
+    "127.0.0.1:0",
+    "--allow-target-cidr",
+    "127.0.0.1/32",
+    "--retry-schedule",
+    "20ms,40ms",
+    "--max-attempts",
+    "3",
+    "--poll-interval",
+    "100ms",
+    "--admin-token",
+    ADMIN_TOKEN,
+];
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub project: Project,
+    /// The database (and key file) live here; dropped with the app.
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A project as the admin API returned it.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub id: String,
+    pub api_key: String,
+    pub signing_secret: String,
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+impl TestApp {
+    /// A server with the test flags.
+    pub async fn spawn(backend: &Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// A server with the test flags plus `extra` (later flags win).
+    pub async fn spawn_with(backend: &Backend, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("hookline.db").display()),
+        };
+        let mut flags: Vec<String> = TEST_FLAGS.iter().map(|s| s.to_string()).collect();
+        flags.extend(["--database-url".to_owned(), database_url.clone()]);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let settings = hookline::Settings::from_flags(flags).expect("valid test flags");
+        let app = hookline::Application::build(settings).await.expect("the app builds");
+        let base = format!("http://{}", app.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        let http = http_client();
+        let project = create_project(&http, &base, "test project").await;
+        Self { base, http, project, dir, database_url, stop: Some(stop), done: Some(done) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Another project on the same server.
+    pub async fn other_project(&self) -> Project {
+        create_project(&self.http, &self.base, "other project").await
+    }
+
+    /// A request authenticated as the app's project.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(&self.project.api_key)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).bearer_auth(&self.project.api_key).json(body)
+    }
+
+    /// GETs a path as the app's project, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    /// Adds a webhook and returns its id.
+    pub async fn add_webhook(&self, event: &str, target_url: &str) -> String {
+        let r = self.post("/v1/webhooks", &json!({"event": event, "target_url": target_url})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+        r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends an event and returns the 202 body.
+    pub async fn send_event(&self, event: &str, data: Value) -> Value {
+        let r = self.post("/v1/events", &json!({"event_name": event, "data": data})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    /// A delivery's log entry, with its attempts.
+    pub async fn log(&self, delivery_id: &str) -> Value {
+        let r = self.get(&format!("/v1/webhook-logs/{delivery_id}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// Waits until the delivery is in `status` (and no longer leased), and returns its log entry.
+    pub async fn wait_for_status(&self, delivery_id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.log(delivery_id).await;
+            if log["status"] == status {
+                return log;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "delivery never became {status}: {log:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server the way SIGTERM does, and waits until it has.
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.done.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn create_project(http: &reqwest::Client, base: &str, name: &str) -> Project {
+    let r = http
+        .post(format!("{base}/v1/admin/projects"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    Project {
+        id: v["project"]["id"].as_str().unwrap().to_owned(),
+        api_key: v["api_key"].as_str().unwrap().to_owned(),
+        signing_secret: v["signing_secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// What the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).unwrap_or_else(|| panic!("no {name} header")).to_str().unwrap()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self { status, headers: vec![], body: String::new(), delay: Duration::ZERO }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+struct ReceiverState {
+    got: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Reply>,
+    count: watch::Sender<usize>,
+}
+
+/// A local HTTP server standing in for a customer's webhook endpoint.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    /// Answers 200 to everything unless scripted.
+    pub async fn start() -> Self {
+        let state = Arc::new(ReceiverState {
+            got: Mutex::default(),
+            script: Mutex::default(),
+            default: Mutex::new(Reply::status(200).body("ok")),
+            count: watch::channel(0).0,
+        });
+        let handler_state = state.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let state = handler_state.clone();
+            async move {
+                let reply = {
+                    let mut got = state.got.lock().unwrap();
+                    got.push(Received { path: uri.path().to_owned(), headers, body });
+                    state.count.send_replace(got.len());
+                    state.script.lock().unwrap().pop_front().unwrap_or_else(|| state.default.lock().unwrap().clone())
+                };
+                tokio::time::sleep(reply.delay).await;
+                let mut response = axum::response::Response::new(axum::body::Body::from(reply.body));
+                *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                for (name, value) in reply.headers {
+                    response.headers_mut().insert(name, value.parse().unwrap());
+                }
+                response
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The next requests get these answers, in order; then the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Every request not scripted gets this answer.
+    pub fn always(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = reply;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.got.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived; returns all of them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let mut count = self.state.count.subscribe();
+        let arrived = tokio::time::timeout(PATIENCE, count.wait_for(|c| *c >= n)).await;
+        assert!(arrived.is_ok(), "expected {n} requests, got {}", self.received().len());
+        self.received()
+    }
+}
+
+/// HMAC-SHA256, computed here independently of hookline's signing module.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Asserts both signatures of a received webhook against `secret`.
+pub fn assert_signed(got: &Received, secret: &str) {
+    use base64::Engine as _;
+    let github = format!("sha256={}", hex::encode(hmac_sha256(secret.as_bytes(), &got.body)));
+    assert_eq!(got.header("x-signature"), github);
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let signed = format!("{}.{}.", got.header("webhook-id"), got.header("webhook-timestamp"));
+    let mut message = signed.into_bytes();
+    message.extend_from_slice(&got.body);
+    let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, &message)));
+    let header = got.header("webhook-signature");
+    assert!(header.split(' ').any(|s| s == expected), "{header} lacks {expected}");
+}
+
+/// Asserts that a response is a problem document with this status, and returns it.
+pub async fn assert_problem(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status().as_u16(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+/// The `field`s of a validation problem.
+pub fn problem_fields(problem: &Value) -> Vec<String> {
+    problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Runs each test function once per backend, as `sqlite::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($( $(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block )*) => {
+        $( $(#[$meta])* async fn $name($backend: $crate::helpers::Backend) $body )*
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}

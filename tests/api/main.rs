@@ -1,0 +1,12 @@
+//! Black-box tests: the real server on a random port with a fresh database,
+//! a real local receiver, and assertions on what the receiver got, on status
+//! codes and on the delivery log. Each test runs on every backend.
+
+mod helpers;
+
+mod admin;
+mod delivery;
+mod events;
+mod health;
+mod logs;
+mod webhooks;
