@@ -42,7 +42,9 @@ pub fn verify(secret: &SigningSecret, headers: &HeaderMap, body: &[u8], now_s: i
     };
     let standard = match (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")) {
         (Some(id), Some(ts), Some(sig)) => match ts.trim().parse::<i64>() {
-            Ok(ts) => signing::verify_standard(secret, id, ts, body, sig, now_s, TOLERANCE_S).map_err(|e| e.to_string()),
+            Ok(ts) => {
+                signing::verify_standard(secret, id, ts, body, sig, now_s, TOLERANCE_S).map_err(|e| e.to_string())
+            }
             Err(_) => Err("webhook-timestamp is not a number".to_owned()),
         },
         _ => Err("missing webhook-id, webhook-timestamp or webhook-signature".to_owned()),
@@ -59,7 +61,9 @@ fn mark(r: &Result<(), String>) -> String {
 
 pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
     let secret = match &args.secret {
-        Some(s) => Some(SigningSecret::parse(s).ok_or_else(|| anyhow::anyhow!("--secret must look like whsec_<base64>"))?),
+        Some(s) => {
+            Some(SigningSecret::parse(s).ok_or_else(|| anyhow::anyhow!("--secret must look like whsec_<base64>"))?)
+        }
         None => None,
     };
     let status = StatusCode::from_u16(args.status)?;
@@ -67,7 +71,13 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
         let secret = secret.clone();
         async move {
             let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-            println!("── {} {}  event={}  webhook-id={}", uri.path(), get("content-type"), get("x-event-name"), get("webhook-id"));
+            println!(
+                "── {} {}  event={}  webhook-id={}",
+                uri.path(),
+                get("content-type"),
+                get("x-event-name"),
+                get("webhook-id")
+            );
             match &secret {
                 Some(secret) => {
                     let now = crate::domain::time::now_ms() / 1000;
