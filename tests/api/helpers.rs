@@ -2,6 +2,9 @@
 //! database, and a real HTTP receiver that records what it gets and answers
 //! as scripted.
 
+// Not every helper is used by every test module at every stage.
+#![allow(dead_code)]
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
