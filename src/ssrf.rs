@@ -352,4 +352,12 @@ mod tests {
         let got = p.resolve(&Host::Domain("localhost"), 443, true).await;
         assert!(matches!(got, Err(Refusal::Blocked { range: "loopback", .. })), "{got:?}");
     }
+
+    #[tokio::test]
+    async fn names_that_do_not_resolve_are_a_dns_refusal() {
+        let p = policy(false, &[]);
+        let got = p.resolve(&Host::Domain("no-such-host.invalid"), 443, true).await;
+        assert!(matches!(&got, Err(Refusal::Dns { host, .. }) if host == "no-such-host.invalid"), "{got:?}");
+        assert_eq!(got.unwrap_err().class(), "dns");
+    }
 }

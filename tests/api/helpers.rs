@@ -28,6 +28,13 @@ pub enum Backend {
     Sqlite,
 }
 
+/// A fresh, empty database for one test; files go in `dir`.
+pub fn database_url_in(backend: &Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("hookline.db").display()),
+    }
+}
+
 /// Flags every test server gets: a receiver on loopback is allowed on purpose,
 /// retries are milliseconds apart and the worker polls often.
 const TEST_FLAGS: &[&str] = &[
@@ -77,10 +84,14 @@ impl TestApp {
     /// A server with the test flags plus `extra` (later flags win).
     pub async fn spawn_with(backend: &Backend, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let database_url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("hookline.db").display()),
-        };
-        let mut flags: Vec<String> = TEST_FLAGS.iter().map(|s| s.to_string()).collect();
+        let database_url = database_url_in(backend, dir.path());
+        // A flag given in `extra` replaces the test default of the same name.
+        let mut flags: Vec<String> = Vec::new();
+        for pair in TEST_FLAGS.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                flags.extend(pair.iter().map(|s| s.to_string()));
+            }
+        }
         flags.extend(["--database-url".to_owned(), database_url.clone()]);
         flags.extend(extra.iter().map(|s| s.to_string()));
         let settings = hookline::Settings::from_flags(flags).expect("valid test flags");
@@ -192,6 +203,9 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The sender's address: one per connection, to see connection reuse.
+    pub peer: SocketAddr,
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -239,6 +253,9 @@ struct ReceiverState {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     count: watch::Sender<usize>,
+    /// Requests being answered right now, and the most seen at once.
+    active: std::sync::atomic::AtomicUsize,
+    max_active: std::sync::atomic::AtomicUsize,
 }
 
 /// A local HTTP server standing in for a customer's webhook endpoint.
@@ -255,29 +272,55 @@ impl Receiver {
             script: Mutex::default(),
             default: Mutex::new(Reply::status(200).body("ok")),
             count: watch::channel(0).0,
+            active: Default::default(),
+            max_active: Default::default(),
         });
         let handler_state = state.clone();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-            let state = handler_state.clone();
-            async move {
-                let reply = {
-                    let mut got = state.got.lock().unwrap();
-                    got.push(Received { path: uri.path().to_owned(), headers, body });
-                    state.count.send_replace(got.len());
-                    state.script.lock().unwrap().pop_front().unwrap_or_else(|| state.default.lock().unwrap().clone())
-                };
-                tokio::time::sleep(reply.delay).await;
-                let mut response = axum::response::Response::new(axum::body::Body::from(reply.body));
-                *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
-                for (name, value) in reply.headers {
-                    response.headers_mut().insert(name, value.parse().unwrap());
+        let app = axum::Router::new().fallback(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+                  uri: axum::http::Uri,
+                  headers: HeaderMap,
+                  body: Bytes| {
+                let state = handler_state.clone();
+                async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now_active = state.active.fetch_add(1, SeqCst) + 1;
+                    state.max_active.fetch_max(now_active, SeqCst);
+                    // Counts down even if the sender gives up while we sleep.
+                    struct Leave(Arc<ReceiverState>);
+                    impl Drop for Leave {
+                        fn drop(&mut self) {
+                            self.0.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    let _leave = Leave(state.clone());
+                    let reply = {
+                        let mut got = state.got.lock().unwrap();
+                        let at = std::time::Instant::now();
+                        got.push(Received { path: uri.path().to_owned(), headers, body, peer, at });
+                        state.count.send_replace(got.len());
+                        state
+                            .script
+                            .lock()
+                            .unwrap()
+                            .pop_front()
+                            .unwrap_or_else(|| state.default.lock().unwrap().clone())
+                    };
+                    tokio::time::sleep(reply.delay).await;
+                    let mut response = axum::response::Response::new(axum::body::Body::from(reply.body));
+                    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                    for (name, value) in reply.headers {
+                        response.headers_mut().insert(name, value.parse().unwrap());
+                    }
+                    response
                 }
-                response
-            }
-        });
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(
+            async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await },
+        );
         Self { addr, state }
     }
 
@@ -293,6 +336,11 @@ impl Receiver {
     /// Every request not scripted gets this answer.
     pub fn always(&self, reply: Reply) {
         *self.state.default.lock().unwrap() = reply;
+    }
+
+    /// The most requests this receiver was answering at the same time.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.max_active.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {

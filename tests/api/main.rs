@@ -3,10 +3,13 @@
 //! codes and on the delivery log. Each test runs on every backend.
 
 mod helpers;
+mod process;
 
 mod admin;
 mod delivery;
 mod events;
 mod health;
 mod logs;
+mod recovery;
+mod retries;
 mod webhooks;
