@@ -31,6 +31,8 @@ pub enum Command {
     SecretKey,
     /// Run a local receiver that verifies and prints incoming webhooks.
     Listen(crate::listen::ListenArgs),
+    /// Measure end-to-end throughput and latency on this machine.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +97,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen(args) => crate::listen::run(args).await,
+        Command::Bench(args) => crate::bench::run(*args).await,
         Command::Project(cmd) => {
             telemetry::init(LogFormat::Pretty);
             project(cmd).await

@@ -25,11 +25,13 @@
 //! - [`vault`]: encryption of signing secrets at rest.
 //! - [`projects`]: provisioning of projects, keys and secrets.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
+//! - [`bench`]: the end-to-end benchmark (`hookline bench`).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;

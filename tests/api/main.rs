@@ -6,6 +6,7 @@ mod helpers;
 mod process;
 
 mod admin;
+mod bench;
 mod delivery;
 mod events;
 mod health;

@@ -1,0 +1,420 @@
+//! `hookline bench`: an end-to-end benchmark a user can run on their own machine.
+//!
+//! It starts a hookline server as a child process (or targets one with
+//! `--url`), starts a minimal local receiver, creates a project with N
+//! webhooks, drives ingest with C concurrent keep-alive clients, waits until
+//! every delivery has arrived, and reports ingest throughput and latency,
+//! end-to-end deliveries per second and send→delivery latency, and the
+//! server's CPU time and peak RSS (read from /proc).
+//!
+//! Scenarios: `live` ingests and delivers at the same time; `drain` ingests
+//! with the worker stopped (`--role api`), then starts a worker-only server on
+//! the same database and measures how fast the backlog drains.
+
+mod receiver;
+mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use receiver::{Arrivals, SendTimes};
+use server::ServerUnderTest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Ingest and deliver at the same time.
+    Live,
+    /// Ingest with the worker stopped, then measure how fast a worker drains the backlog.
+    Drain,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Events to send (with --duration: the most to send).
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Send for this long instead of a fixed count (e.g. 60s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Send at this steady rate (events/s) instead of as fast as possible.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Concurrent keep-alive ingest clients.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    pub concurrency: usize,
+    /// Webhooks per event (each event becomes this many deliveries).
+    #[arg(long, default_value_t = 1)]
+    pub webhooks: usize,
+    #[arg(long, value_enum, default_value = "live")]
+    pub scenario: Scenario,
+    /// Database of the started server: a temp SQLite file by default, or `postgres://…`.
+    #[arg(long, env = "HOOKLINE_BENCH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Benchmark a running server instead (started with `--allow-target-cidr 127.0.0.1/32`
+    /// and an admin token); its CPU and memory are then not measured.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The admin token of the server given with --url.
+    #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Extra `hookline serve` flags for the started server, after `--`.
+    #[arg(last = true)]
+    pub server_args: Vec<String>,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client(pool: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(pool).build(connector)
+}
+
+async fn post(client: &HttpClient, url: &str, bearer: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {bearer}"))
+        .body(Full::new(body))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+async fn post_json(client: &HttpClient, url: &str, bearer: &str, body: &Value) -> anyhow::Result<Value> {
+    let (status, bytes) = post(client, url, bearer, Bytes::from(body.to_string())).await?;
+    anyhow::ensure!((200..300).contains(&status), "POST {url} answered {status}: {}", String::from_utf8_lossy(&bytes));
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// An `order.created` of about 540 bytes, the size of the reference workload.
+fn event_body(seq: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"event_name":"order.created","data":{{"order_id":"b{seq}","customer_id":"cus_8f14e45fceea167a5a36dedd4bea2543","currency":"EUR","total_amount":12990,"items":[{{"sku":"SKU-TSHIRT-BLK-M","quantity":2,"unit_price":2495}},{{"sku":"SKU-HOODIE-GRY-L","quantity":1,"unit_price":5990}},{{"sku":"SKU-SOCKS-WHT-42","quantity":3,"unit_price":670}}],"created_at":"2026-11-30T08:00:00Z","metadata":{{"channel":"web","campaign":"black-friday-2026","coupon":"BF26","warehouse":"eu-central-1","note":"leave at the door"}}}}}}"#
+    ))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+fn percentiles_ms(mut us: Vec<u32>) -> Option<Percentiles> {
+    if us.is_empty() {
+        return None;
+    }
+    us.sort_unstable();
+    let at = |q: f64| f64::from(us[((us.len() - 1) as f64 * q).round() as usize]) / 1000.0;
+    Some(Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99), max: at(1.0) })
+}
+
+#[derive(Debug, Serialize)]
+pub struct IngestResult {
+    pub sent: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub latency_ms: Option<Percentiles>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryResult {
+    pub expected: u64,
+    pub delivered: u64,
+    pub complete: bool,
+    pub seconds: f64,
+    pub deliveries_per_s: f64,
+    /// From the moment the event was sent until the receiver had it.
+    pub latency_ms: Option<Percentiles>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerResult {
+    pub cpu_seconds: f64,
+    /// CPU time over wall time: 100 is one core busy.
+    pub cpu_percent: f64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub scenario: Scenario,
+    pub backend: String,
+    pub webhooks: usize,
+    pub concurrency: usize,
+    pub rate: Option<f64>,
+    pub ingest: IngestResult,
+    pub delivery: DeliveryResult,
+    pub server: Option<ServerResult>,
+}
+
+struct Target {
+    base: String,
+    api_key: String,
+}
+
+/// Creates the project and its webhooks through the admin API.
+async fn set_up(
+    client: &HttpClient,
+    base: &str,
+    admin: &str,
+    receiver: std::net::SocketAddr,
+    webhooks: usize,
+) -> anyhow::Result<Target> {
+    let created = post_json(client, &format!("{base}/v1/admin/projects"), admin, &json!({"name": "bench"})).await?;
+    let api_key = created["api_key"].as_str().context("no api_key in the admin answer")?.to_owned();
+    for i in 0..webhooks {
+        let hook = json!({"event": "order.created", "target_url": format!("http://{receiver}/hook/{i}")});
+        post_json(client, &format!("{base}/v1/webhooks"), &api_key, &hook).await?;
+    }
+    Ok(Target { base: base.to_owned(), api_key })
+}
+
+/// Sends events with `concurrency` keep-alive clients until the count or the duration is reached.
+async fn ingest(args: &BenchArgs, target: &Target, times: Arc<SendTimes>, progress: Arc<Progress>) -> IngestResult {
+    let client = http_client(args.concurrency);
+    let url: Arc<str> = format!("{}/v1/events", target.base).into();
+    let key: Arc<str> = target.api_key.clone().into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let limit = times.capacity();
+    let started = Instant::now();
+    let until = args.duration.map(|d| started + d);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (client, url, key, next, times, progress) =
+            (client.clone(), url.clone(), key.clone(), next.clone(), times.clone(), progress.clone());
+        let rate = args.rate;
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut accepted, mut rejected) = (0usize, 0usize);
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= limit || until.is_some_and(|u| Instant::now() >= u) {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(seq as f64 / rate)).into()).await;
+                }
+                times.mark(seq);
+                let t0 = Instant::now();
+                match post(&client, &url, &key, event_body(seq)).await {
+                    Ok((202, _)) => {
+                        accepted += 1;
+                        latencies.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    }
+                    _ => rejected += 1,
+                }
+                progress.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            (latencies, accepted, rejected)
+        });
+    }
+    let (mut latencies, mut accepted, mut rejected) = (Vec::new(), 0, 0);
+    while let Some(Ok((l, a, r))) = tasks.join_next().await {
+        latencies.extend(l);
+        accepted += a;
+        rejected += r;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    IngestResult {
+        sent: accepted + rejected,
+        accepted,
+        rejected,
+        seconds,
+        events_per_s: accepted as f64 / seconds,
+        latency_ms: percentiles_ms(latencies),
+    }
+}
+
+/// Counters the progress line reads.
+#[derive(Default)]
+struct Progress {
+    sent: AtomicUsize,
+}
+
+fn spawn_progress(
+    progress: Arc<Progress>,
+    arrivals: Arc<Arrivals>,
+    expected: u64,
+    quiet: bool,
+) -> tokio::task::JoinHandle<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    tokio::spawn(async move {
+        let terminal = std::io::stderr().is_terminal();
+        let every = if terminal { Duration::from_millis(200) } else { Duration::from_secs(5) };
+        loop {
+            tokio::time::sleep(every).await;
+            if quiet {
+                continue;
+            }
+            let delivered = arrivals.count.load(Ordering::Relaxed);
+            let done = if expected == 0 { 0 } else { (delivered * 30 / expected.max(1)).min(30) as usize };
+            let bar = format!("[{}{}]", "#".repeat(done), ".".repeat(30 - done));
+            let line =
+                format!("{bar} sent {}  delivered {delivered}/{expected}", progress.sent.load(Ordering::Relaxed));
+            let mut err = std::io::stderr();
+            if terminal {
+                let _ = write!(err, "\r{line}   ");
+            } else {
+                let _ = writeln!(err, "{line}");
+            }
+            let _ = err.flush();
+        }
+    })
+}
+
+/// Waits until `expected` deliveries arrived, or until nothing arrived for `stall`.
+async fn wait_for_deliveries(arrivals: &Arrivals, expected: u64, stall: Duration) -> bool {
+    let mut last = arrivals.count.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = arrivals.count.load(Ordering::Relaxed);
+        if now >= expected {
+            return true;
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > stall {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.url.is_some() && args.scenario == Scenario::Drain {
+        bail!("the drain scenario restarts the server, so it cannot target --url");
+    }
+    let capacity = match (args.duration, args.rate) {
+        (Some(d), Some(rate)) => ((d.as_secs_f64() * rate) as usize + 1).min(args.events.max(1) * 1000),
+        (Some(d), None) => (d.as_secs_f64() * 200_000.0) as usize + 1,
+        (None, _) => args.events,
+    };
+    let start = Instant::now();
+    let times = Arc::new(SendTimes::new(start, capacity));
+    let (receiver_addr, arrivals) = receiver::start(times.clone()).await?;
+    let admin_client = http_client(4);
+    let progress = Arc::new(Progress::default());
+
+    let (backend, mut server, admin) = match &args.url {
+        Some(url) => {
+            let admin = args.admin_token.clone().context("--url needs --admin-token")?;
+            ("external".to_owned(), None, (url.trim_end_matches('/').to_owned(), admin))
+        }
+        None => {
+            let role = if args.scenario == Scenario::Drain { "api" } else { "all" };
+            let s = ServerUnderTest::start(args.database_url.as_deref(), role, &args.server_args).await?;
+            let admin = (s.base.clone(), s.admin_token.clone());
+            (s.backend_name().to_owned(), Some(s), admin)
+        }
+    };
+    let target = set_up(&admin_client, &admin.0, &admin.1, receiver_addr, args.webhooks).await?;
+    let cpu_before = server.as_ref().map(|s| s.cpu_seconds()).unwrap_or_default();
+
+    // With --duration the expected count is only known once sending stops.
+    let expected_now = if args.duration.is_none() { (capacity * args.webhooks) as u64 } else { 0 };
+    let progress_task = spawn_progress(progress.clone(), arrivals.clone(), expected_now, args.json);
+    let ingest_result = ingest(&args, &target, times.clone(), progress.clone()).await;
+    let expected = (ingest_result.accepted * args.webhooks) as u64;
+
+    let mut drain_started_us = None;
+    if args.scenario == Scenario::Drain {
+        let api = server.take().expect("drain starts its own server");
+        let dir = api.stop().await?;
+        drain_started_us = Some(times.since_start_us());
+        server = Some(ServerUnderTest::restart(dir, "worker", &args.server_args).await?);
+    }
+    let complete = wait_for_deliveries(&arrivals, expected, Duration::from_secs(30)).await;
+    progress_task.abort();
+    if !args.json {
+        eprintln!();
+    }
+
+    let delivered = arrivals.count.load(Ordering::Relaxed);
+    let first = drain_started_us
+        .unwrap_or_else(|| arrivals.first_us.load(Ordering::Relaxed).min(arrivals.last_us.load(Ordering::Relaxed)));
+    let seconds = (arrivals.last_us.load(Ordering::Relaxed).saturating_sub(first)) as f64 / 1e6;
+    let server_result = server.as_ref().map(|s| {
+        let cpu_seconds = s.cpu_seconds() - if drain_started_us.is_some() { 0.0 } else { cpu_before };
+        let wall = start.elapsed().as_secs_f64();
+        ServerResult { cpu_seconds, cpu_percent: 100.0 * cpu_seconds / wall, peak_rss_mb: s.peak_rss_mb() }
+    });
+    let latencies = std::mem::take(&mut *arrivals.latencies_us.lock().expect("not poisoned"));
+    let result = BenchResult {
+        scenario: args.scenario,
+        backend,
+        webhooks: args.webhooks,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        ingest: ingest_result,
+        delivery: DeliveryResult {
+            expected,
+            delivered,
+            complete,
+            seconds,
+            deliveries_per_s: if seconds > 0.0 { delivered as f64 / seconds } else { 0.0 },
+            latency_ms: if drain_started_us.is_some() { None } else { percentiles_ms(latencies) },
+        },
+        server: server_result,
+    };
+    if let Some(s) = server {
+        s.stop().await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print_report(&result);
+    }
+    if !result.delivery.complete {
+        bail!("only {} of {} deliveries arrived", result.delivery.delivered, result.delivery.expected);
+    }
+    Ok(())
+}
+
+fn print_report(r: &BenchResult) {
+    let p = |p: &Option<Percentiles>| match p {
+        Some(p) => format!("p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms", p.p50, p.p90, p.p99, p.max),
+        None => "-".to_owned(),
+    };
+    println!(
+        "hookline bench: {:?} on {}, {} webhook(s) per event, {} clients",
+        r.scenario, r.backend, r.webhooks, r.concurrency
+    );
+    println!(
+        "  ingest     {} accepted ({} rejected) in {:.2} s = {:.0} events/s",
+        r.ingest.accepted, r.ingest.rejected, r.ingest.seconds, r.ingest.events_per_s
+    );
+    println!("             latency {}", p(&r.ingest.latency_ms));
+    println!(
+        "  delivery   {}/{} in {:.2} s = {:.0} deliveries/s",
+        r.delivery.delivered, r.delivery.expected, r.delivery.seconds, r.delivery.deliveries_per_s
+    );
+    println!("             send→delivery {}", p(&r.delivery.latency_ms));
+    match &r.server {
+        Some(s) => println!(
+            "  server     CPU {:.1} s ({:.0} % of one core), peak RSS {:.1} MB",
+            s.cpu_seconds, s.cpu_percent, s.peak_rss_mb
+        ),
+        None => println!("  server     not measured (--url)"),
+    }
+}

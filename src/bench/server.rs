@@ -1,0 +1,132 @@
+//! The server under test: `hookline serve` as a child process, so its CPU time
+//! and memory can be read on their own from /proc.
+
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// Linux reports CPU time in /proc in clock ticks of USER_HZ, which is 100 on
+/// every architecture Linux supports today.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// What a restarted server needs to find the same data.
+pub struct RunDir {
+    /// Holds the temp SQLite file, if the bench made one; deleted on drop.
+    _dir: Option<tempfile::TempDir>,
+    database_url: String,
+    secret_key: String,
+    admin_token: String,
+}
+
+pub struct ServerUnderTest {
+    child: Child,
+    pub base: String,
+    pub admin_token: String,
+    run: RunDir,
+}
+
+impl ServerUnderTest {
+    /// Starts a server on `database_url`, or on a fresh temp SQLite file.
+    pub async fn start(database_url: Option<&str>, role: &str, extra: &[String]) -> anyhow::Result<Self> {
+        let (dir, database_url) = match database_url {
+            Some(url) => (None, url.to_owned()),
+            None => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                (Some(dir), url)
+            }
+        };
+        let run = RunDir {
+            _dir: dir,
+            database_url,
+            secret_key: crate::vault::Vault::generate_key(),
+            admin_token: format!("bench-{}", crate::vault::Vault::generate_key()),
+        };
+        Self::restart(run, role, extra).await
+    }
+
+    /// Starts a server on the data of a previous one.
+    pub async fn restart(run: RunDir, role: &str, extra: &[String]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the hookline binary")?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--role", role, "--allow-target-cidr", "127.0.0.1/32"])
+            .args(["--database-url", &run.database_url])
+            .args(extra)
+            .env("HOOKLINE_SECRET_KEY", &run.secret_key)
+            .env("HOOKLINE_ADMIN_TOKEN", &run.admin_token)
+            .env("HOOKLINE_LOG_FORMAT", "pretty")
+            .env("RUST_LOG", "warn,hookline::app=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting hookline serve")?;
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let base = loop {
+            let Some(line) = lines.next_line().await? else {
+                bail!("the server exited before it was listening");
+            };
+            if let Some(addr) = line.split("address=").nth(1) {
+                break format!("http://{}", addr.split_whitespace().next().unwrap_or_default());
+            }
+            eprintln!("server: {line}");
+        };
+        // Keep draining the server's stderr so it never blocks; show what it says.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("server: {line}");
+            }
+        });
+        Ok(Self { child, base, admin_token: run.admin_token.clone(), run })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        if self.run.database_url.starts_with("postgres") { "postgres" } else { "sqlite" }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// User plus system CPU time of the server so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let Some(stat) = self.pid().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()) else {
+            return 0.0;
+        };
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat(5); index 11 and 12 after the name.
+        (ticks(11) + ticks(12)) / TICKS_PER_SECOND
+    }
+
+    /// The high-water mark of the server's resident memory (VmHWM).
+    pub fn peak_rss_mb(&self) -> f64 {
+        let status = self.pid().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok());
+        status
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM, then waits for the exit; returns what a restart needs.
+    pub async fn stop(mut self) -> anyhow::Result<RunDir> {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await;
+        if !matches!(status, Ok(Ok(s)) if s.success()) {
+            let _ = self.child.kill().await;
+            bail!("the server did not stop cleanly: {status:?}");
+        }
+        Ok(self.run)
+    }
+}
