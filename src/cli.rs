@@ -31,6 +31,8 @@ pub enum Command {
     SecretKey,
     /// Run a local receiver that verifies and prints incoming webhooks.
     Listen(crate::listen::ListenArgs),
+    /// Check a captured webhook's signatures and explain the result (exit code 0 only if verified).
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +97,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen(args) => crate::listen::run(args).await,
+        Command::Verify(args) => crate::verify::run(args),
         Command::Project(cmd) => {
             telemetry::init(LogFormat::Pretty);
             project(cmd).await

@@ -25,6 +25,7 @@
 //! - [`vault`]: encryption of signing secrets at rest.
 //! - [`projects`]: provisioning of projects, keys and secrets.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
+//! - [`verify`]: offline signature check of a captured request (`hookline verify`).
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod ssrf;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
+pub mod verify;
 
 pub use app::Application;
 pub use config::Settings;
