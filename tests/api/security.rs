@@ -362,6 +362,15 @@ backend_tests! {
         }
         assert!(log["last_error"].as_str().unwrap().contains("signing secret"), "{log:#}");
         assert_eq!(receiver.received().len(), 1, "a webhook went out although it could not be signed");
+
+        // Recovery from a lost key: a rotation seals a new secret under the key in use.
+        let r = app.post("/v1/signing-secret/rotate", &json!({})).send().await.unwrap();
+        let recovered = r.json::<Value>().await.unwrap()["signing_secret"].as_str().unwrap().to_owned();
+        let receipt = app.send_event("order.paid", json!({"order_id": "o"})).await;
+        app.wait_for_status(receipt["deliveries"][0]["id"].as_str().unwrap(), "sent").await;
+        let got = receiver.wait_for(2).await;
+        assert_eq!(got[1].header("webhook-signature"), standard_signature(&got[1], &recovered));
+        assert_eq!(got[1].header("x-signature"), x_signature(&got[1], &recovered));
     }
 
     async fn an_api_key_works_until_it_is_revoked_and_the_others_keep_working(backend) {
