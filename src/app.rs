@@ -56,6 +56,11 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let (store, vault) = open_store(&settings.database, settings.secret_key.as_deref()).await?;
+        if settings.ssrf.dev {
+            tracing::warn!(
+                "--dev: http and loopback targets are allowed; never run this where tenants can reach the API"
+            );
+        }
         let vault = Arc::new(vault);
         let work_ready = Arc::new(Notify::new());
         let state = Arc::new(ApiContext {

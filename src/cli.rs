@@ -33,6 +33,8 @@ pub enum Command {
     Listen(crate::listen::ListenArgs),
     /// Measure end-to-end throughput and latency on this machine.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Check a captured webhook's signatures and explain the result (exit code 0 only if verified).
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Listen(args) => crate::listen::run(args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
+        Command::Verify(args) => crate::verify::run(args),
         Command::Project(cmd) => {
             telemetry::init(LogFormat::Pretty);
             project(cmd).await

@@ -26,6 +26,7 @@
 //! - [`projects`]: provisioning of projects, keys and secrets.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
 //! - [`bench`]: the end-to-end benchmark (`hookline bench`).
+//! - [`verify`]: offline signature check of a captured request (`hookline verify`).
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,7 @@ pub mod ssrf;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
+pub mod verify;
 
 pub use app::Application;
 pub use config::Settings;

@@ -11,7 +11,7 @@ use crate::domain::SigningSecret;
 use crate::signing;
 
 /// Standard Webhooks' suggested tolerance for `webhook-timestamp`.
-pub const TOLERANCE_S: i64 = 300;
+pub const TOLERANCE_S: i64 = signing::TOLERANCE_S;
 
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {
@@ -33,23 +33,18 @@ pub struct Verdict {
     pub standard: Result<(), String>,
 }
 
-/// Checks both signature schemes of a request.
+/// Checks both signature schemes of a request (see [`signing::check_request`]).
 pub fn verify(secret: &SigningSecret, headers: &HeaderMap, body: &[u8], now_s: i64) -> Verdict {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let x_signature = match get("x-signature") {
-        None => Err("no X-Signature header".to_owned()),
-        Some(h) => signing::verify_x_signature(secret.expose(), body, h).map_err(|e| e.to_string()),
+    let check = signing::check_request(secret, |name| headers.get(name).and_then(|v| v.to_str().ok()), body, now_s);
+    let explain = |c: signing::Check, absent: &str| match c {
+        signing::Check::Verified { .. } => Ok(()),
+        signing::Check::Absent => Err(absent.to_owned()),
+        signing::Check::Failed(e) => Err(e.to_string()),
     };
-    let standard = match (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")) {
-        (Some(id), Some(ts), Some(sig)) => match ts.trim().parse::<i64>() {
-            Ok(ts) => {
-                signing::verify_standard(secret, id, ts, body, sig, now_s, TOLERANCE_S).map_err(|e| e.to_string())
-            }
-            Err(_) => Err("webhook-timestamp is not a number".to_owned()),
-        },
-        _ => Err("missing webhook-id, webhook-timestamp or webhook-signature".to_owned()),
-    };
-    Verdict { x_signature, standard }
+    Verdict {
+        x_signature: explain(check.x_signature, "no X-Signature header"),
+        standard: explain(check.standard, "missing webhook-id, webhook-timestamp and webhook-signature"),
+    }
 }
 
 fn mark(r: &Result<(), String>) -> String {

@@ -53,14 +53,22 @@ pub fn webhook_signature_header(secrets: &[SigningSecret], msg_id: &str, timesta
     out
 }
 
-/// Why a signature check failed.
+/// Standard Webhooks' suggested tolerance for `webhook-timestamp`: 5 minutes
+/// either way. Older requests are refused as possible replays.
+pub const TOLERANCE_S: i64 = 300;
+
+/// Why a signature check failed. The messages are for the developer of a receiver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("the signature header is missing or has no sha256=/v1, entry")]
     Missing,
+    #[error("the {0} header is missing")]
+    MissingHeader(&'static str),
+    #[error("webhook-timestamp is not a whole number of seconds")]
+    BadTimestamp,
     #[error("no signature matches this secret and body")]
     Mismatch,
-    #[error("the timestamp is {0} s away from now, more than the tolerance")]
+    #[error("the signature matches, but the timestamp is {0} s away from now, more than the tolerance")]
     Stale(i64),
 }
 
@@ -83,27 +91,107 @@ pub fn verify_standard(
     now_s: i64,
     tolerance_s: i64,
 ) -> Result<(), VerifyError> {
+    standard_match(secret, msg_id, timestamp, body, header, now_s, tolerance_s).map(drop)
+}
+
+/// Which of the header's `v1,` signatures matched (0-based) and how many there are.
+fn standard_match(
+    secret: &SigningSecret,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    header: &str,
+    now_s: i64,
+    tolerance_s: i64,
+) -> Result<(usize, usize), VerifyError> {
     let want = hmac(secret.key_bytes(), &[msg_id.as_bytes(), b".", timestamp.to_string().as_bytes(), b".", body]);
-    let mut saw_v1 = false;
-    let mut matched = false;
+    let mut seen = 0;
+    let mut matched = None;
+    // Every entry is compared, in constant time, whatever matched before it.
     for entry in header.split_whitespace() {
         let Some(b64) = entry.strip_prefix("v1,") else { continue };
-        saw_v1 = true;
-        if let Ok(given) = STANDARD.decode(b64) {
-            matched |= bool::from(want.as_slice().ct_eq(&given));
+        if let Ok(given) = STANDARD.decode(b64)
+            && bool::from(want.as_slice().ct_eq(&given))
+        {
+            matched = matched.or(Some(seen));
         }
+        seen += 1;
     }
-    if !saw_v1 {
+    if seen == 0 {
         return Err(VerifyError::Missing);
     }
-    if !matched {
-        return Err(VerifyError::Mismatch);
-    }
+    let index = matched.ok_or(VerifyError::Mismatch)?;
     let skew = (now_s - timestamp).abs();
     if skew > tolerance_s {
         return Err(VerifyError::Stale(now_s - timestamp));
     }
-    Ok(())
+    Ok((index, seen))
+}
+
+/// The result of checking one signature scheme of a received request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// The request carries none of this scheme's headers.
+    Absent,
+    /// Signature `index` (0-based) of `of` matches.
+    Verified {
+        index: usize,
+        of: usize,
+    },
+    Failed(VerifyError),
+}
+
+/// Both schemes of one received request, as a receiver would check them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCheck {
+    pub x_signature: Check,
+    pub standard: Check,
+}
+
+impl RequestCheck {
+    /// Authentic: at least one scheme verifies and no scheme that is present
+    /// fails. A present signature that does not verify means the request was
+    /// changed, replayed or signed with another secret, even if the other
+    /// scheme verifies.
+    pub fn is_authentic(&self) -> bool {
+        let checks = [&self.x_signature, &self.standard];
+        checks.iter().any(|c| matches!(c, Check::Verified { .. }))
+            && !checks.iter().any(|c| matches!(c, Check::Failed(_)))
+    }
+}
+
+/// Checks both signatures of a received request against `secret`, at time
+/// `now_s` (unix seconds). `header` looks a header up by its lower-case name.
+/// Shared by `hookline listen` and `hookline verify`.
+pub fn check_request<'h>(
+    secret: &SigningSecret,
+    header: impl Fn(&str) -> Option<&'h str>,
+    body: &[u8],
+    now_s: i64,
+) -> RequestCheck {
+    let x_signature = match header("x-signature") {
+        None => Check::Absent,
+        Some(h) => match verify_x_signature(secret.expose(), body, h) {
+            Ok(()) => Check::Verified { index: 0, of: 1 },
+            Err(e) => Check::Failed(e),
+        },
+    };
+    let names = ["webhook-id", "webhook-timestamp", "webhook-signature"];
+    let standard = match names.map(&header) {
+        [None, None, None] => Check::Absent,
+        [Some(id), Some(ts), Some(sig)] => match ts.trim().parse::<i64>() {
+            Err(_) => Check::Failed(VerifyError::BadTimestamp),
+            Ok(ts) => match standard_match(secret, id.trim(), ts, body, sig, now_s, TOLERANCE_S) {
+                Ok((index, of)) => Check::Verified { index, of },
+                Err(e) => Check::Failed(e),
+            },
+        },
+        found => {
+            let missing = names.iter().zip(found).find(|(_, v)| v.is_none()).map(|(n, _)| *n);
+            Check::Failed(VerifyError::MissingHeader(missing.expect("one is missing")))
+        }
+    };
+    RequestCheck { x_signature, standard }
 }
 
 #[cfg(test)]
@@ -156,5 +244,84 @@ mod tests {
         assert_eq!(verify_standard(&s, SW_ID, SW_TS, SW_BODY, SW_SIG, SW_TS + 301, 300), Err(VerifyError::Stale(301)));
         assert_eq!(verify_standard(&s, SW_ID, SW_TS, SW_BODY, "v2,abc", SW_TS, 300), Err(VerifyError::Missing));
         assert_eq!(verify_x_signature("k", b"", "md5=00"), Err(VerifyError::Missing));
+    }
+
+    /// A request as hookline sends it, signed with `secrets` (newest first).
+    fn signed_request(secrets: &[SigningSecret], body: &[u8], ts: i64) -> Vec<(&'static str, String)> {
+        vec![
+            ("x-signature", x_signature(secrets[0].expose(), body)),
+            ("webhook-id", "dlv_1".to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", webhook_signature_header(secrets, "dlv_1", ts, body)),
+        ]
+    }
+
+    fn check(secret: &SigningSecret, headers: &[(&'static str, String)], body: &[u8], now: i64) -> RequestCheck {
+        check_request(secret, |name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()), body, now)
+    }
+
+    #[test]
+    fn a_request_verifies_by_both_schemes_and_a_tampered_one_by_neither() {
+        let secret = SigningSecret::generate();
+        let body = br#"{"id":"evt_1"}"#;
+        let headers = signed_request(std::slice::from_ref(&secret), body, 1000);
+        let ok = check(&secret, &headers, body, 1010);
+        assert_eq!(ok.x_signature, Check::Verified { index: 0, of: 1 });
+        assert_eq!(ok.standard, Check::Verified { index: 0, of: 1 });
+        assert!(ok.is_authentic());
+
+        let tampered = check(&secret, &headers, br#"{"id":"evt_2"}"#, 1010);
+        assert_eq!(tampered.x_signature, Check::Failed(VerifyError::Mismatch));
+        assert_eq!(tampered.standard, Check::Failed(VerifyError::Mismatch));
+        assert!(!tampered.is_authentic());
+
+        let stranger = check(&SigningSecret::generate(), &headers, body, 1010);
+        assert!(!stranger.is_authentic());
+    }
+
+    #[test]
+    fn the_timestamp_tolerance_is_five_minutes_either_way() {
+        let secret = SigningSecret::generate();
+        let headers = signed_request(std::slice::from_ref(&secret), b"{}", 1000);
+        for (now, ok) in [(1300, true), (700, true), (1301, false), (699, false)] {
+            let got = check(&secret, &headers, b"{}", now);
+            assert_eq!(got.is_authentic(), ok, "now {now}: {got:?}");
+        }
+        assert_eq!(check(&secret, &headers, b"{}", 1301).standard, Check::Failed(VerifyError::Stale(301)));
+        // A stale request fails even though X-Signature, which has no timestamp, verifies.
+        assert_eq!(check(&secret, &headers, b"{}", 1301).x_signature, Check::Verified { index: 0, of: 1 });
+    }
+
+    #[test]
+    fn during_a_rotation_either_secret_verifies_the_standard_signature() {
+        let (new, old) = (SigningSecret::generate(), SigningSecret::generate());
+        let headers = signed_request(&[new.clone(), old.clone()], b"{}", 1000);
+        assert_eq!(check(&new, &headers, b"{}", 1000).standard, Check::Verified { index: 0, of: 2 });
+        let with_old = check(&old, &headers, b"{}", 1000);
+        assert_eq!(with_old.standard, Check::Verified { index: 1, of: 2 });
+        // X-Signature carries the new secret's signature only.
+        assert_eq!(with_old.x_signature, Check::Failed(VerifyError::Mismatch));
+    }
+
+    #[test]
+    fn missing_or_malformed_headers_are_named() {
+        let secret = SigningSecret::generate();
+        let all = signed_request(std::slice::from_ref(&secret), b"{}", 1000);
+        let without = |name: &str| all.iter().filter(|(n, _)| *n != name).cloned().collect::<Vec<_>>();
+
+        let only_x = check(&secret, &all[..1], b"{}", 1000);
+        assert_eq!(only_x.standard, Check::Absent);
+        assert!(only_x.is_authentic());
+        let only_standard = check(&secret, &without("x-signature"), b"{}", 1000);
+        assert_eq!(only_standard.x_signature, Check::Absent);
+        assert!(only_standard.is_authentic());
+
+        let no_id = check(&secret, &without("webhook-id"), b"{}", 1000);
+        assert_eq!(no_id.standard, Check::Failed(VerifyError::MissingHeader("webhook-id")));
+        assert!(!no_id.is_authentic());
+        let mut bad_ts = all.clone();
+        bad_ts[2].1 = "yesterday".into();
+        assert_eq!(check(&secret, &bad_ts, b"{}", 1000).standard, Check::Failed(VerifyError::BadTimestamp));
+        assert!(!check(&secret, &[], b"{}", 1000).is_authentic(), "no signature at all");
     }
 }

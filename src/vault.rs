@@ -48,7 +48,19 @@ impl Vault {
     /// zero-setup default beside a SQLite database.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_base64(&text).with_context(|| format!("key file {}", path.display())),
+            Ok(text) => {
+                #[cfg(unix)]
+                if let Ok(meta) = std::fs::metadata(path) {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        tracing::warn!(
+                            path = %path.display(),
+                            "the key file is readable by other users; restrict it with chmod 600"
+                        );
+                    }
+                }
+                Self::from_base64(&text).with_context(|| format!("key file {}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate_key();
                 let mut options = std::fs::OpenOptions::new();

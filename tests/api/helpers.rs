@@ -35,13 +35,11 @@ pub fn database_url_in(backend: &Backend, dir: &std::path::Path) -> String {
     }
 }
 
-/// Flags every test server gets: a receiver on loopback is allowed on purpose,
-/// retries are milliseconds apart and the worker polls often.
+/// Flags every test server gets: retries are milliseconds apart and the worker
+/// polls often.
 const TEST_FLAGS: &[&str] = &[
     "--listen",
     "127.0.0.1:0",
-    "--allow-target-cidr",
-    "127.0.0.1/32",
     "--retry-schedule",
     "20ms,40ms",
     "--max-attempts",
@@ -51,6 +49,9 @@ const TEST_FLAGS: &[&str] = &[
     "--admin-token",
     ADMIN_TOKEN,
 ];
+
+/// Added by [`TestApp::spawn_with`]: a receiver on loopback is allowed on purpose.
+const ALLOW_LOOPBACK: &[&str] = &["--allow-target-cidr", "127.0.0.1/32"];
 
 pub struct TestApp {
     pub base: String,
@@ -81,29 +82,32 @@ impl TestApp {
         Self::spawn_with(backend, &[]).await
     }
 
-    /// A server with the test flags plus `extra` (later flags win).
+    /// A server with the test flags plus `extra` (repeatable flags add up;
+    /// a single-valued flag of the test set cannot be given again).
     pub async fn spawn_with(backend: &Backend, extra: &[&str]) -> Self {
+        let flags: Vec<&str> = ALLOW_LOOPBACK.iter().chain(extra).copied().collect();
+        Self::spawn_strict(backend, &flags).await
+    }
+
+    /// A server with the test flags but no target range allowed, plus `extra`:
+    /// the address policy as an operator gets it out of the box.
+    pub async fn spawn_strict(backend: &Backend, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let database_url = database_url_in(backend, dir.path());
-        // A flag given in `extra` replaces the test default of the same name.
-        let mut flags: Vec<String> = Vec::new();
-        for pair in TEST_FLAGS.chunks(2) {
-            if !extra.contains(&pair[0]) {
-                flags.extend(pair.iter().map(|s| s.to_string()));
-            }
-        }
-        flags.extend(["--database-url".to_owned(), database_url.clone()]);
-        flags.extend(extra.iter().map(|s| s.to_string()));
-        let settings = hookline::Settings::from_flags(flags).expect("valid test flags");
-        let app = hookline::Application::build(settings).await.expect("the app builds");
-        let base = format!("http://{}", app.local_addr());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let (base, stop, done) = serve(&database_url, extra).await;
         let http = http_client();
         let project = create_project(&http, &base, "test project").await;
         Self { base, http, project, dir, database_url, stop: Some(stop), done: Some(done) }
+    }
+
+    /// Stops this server and starts another on the same database (and key
+    /// file) with the test flags plus `extra`, and no target range allowed
+    /// unless `extra` allows one. The project and its credentials carry over.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.stop.take().unwrap().send(()).ok();
+        self.done.take().unwrap().await.unwrap().unwrap();
+        let (base, stop, done) = serve(&self.database_url, extra).await;
+        (self.base, self.stop, self.done) = (base, Some(stop), Some(done));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -178,6 +182,30 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// Starts a server on `database_url` with the test flags plus `extra`.
+async fn serve(
+    database_url: &str,
+    extra: &[&str],
+) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    // A flag given in `extra` replaces the test default of the same name.
+    let mut flags: Vec<String> = Vec::new();
+    for pair in TEST_FLAGS.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            flags.extend(pair.iter().map(|s| s.to_string()));
+        }
+    }
+    flags.extend(["--database-url".to_owned(), database_url.to_owned()]);
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let settings = hookline::Settings::from_flags(flags).expect("valid test flags");
+    let app = hookline::Application::build(settings).await.expect("the app builds");
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (base, stop, done)
 }
 
 pub async fn create_project(http: &reqwest::Client, base: &str, name: &str) -> Project {

@@ -13,4 +13,5 @@ mod health;
 mod logs;
 mod recovery;
 mod retries;
+mod security;
 mod webhooks;
