@@ -31,6 +31,14 @@ pub enum Command {
     SecretKey,
     /// Run a local receiver that verifies and prints incoming webhooks.
     Listen(crate::listen::ListenArgs),
+    /// See hookline work in one command: a throwaway server, receiver and database.
+    Demo,
+    /// Print the OpenAPI 3.1 document of the HTTP API (as served at /openapi.json).
+    Openapi {
+        /// Describe the events of this catalog file instead of the built-in one.
+        #[arg(long, env = "HOOKLINE_EVENT_CATALOG")]
+        event_catalog: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +103,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen(args) => crate::listen::run(args).await,
+        Command::Demo => {
+            // Quiet unless asked: the demo's own output tells the story.
+            if std::env::var_os("RUST_LOG").is_some() {
+                telemetry::init(LogFormat::Pretty);
+            }
+            crate::demo::run().await
+        }
+        Command::Openapi { event_catalog } => {
+            let catalog = match event_catalog {
+                Some(path) => crate::domain::Catalog::from_file(&path).context("--event-catalog")?,
+                None => crate::domain::Catalog::builtin(),
+            };
+            println!("{}", crate::api::openapi_json_text(&catalog));
+            Ok(())
+        }
         Command::Project(cmd) => {
             telemetry::init(LogFormat::Pretty);
             project(cmd).await

@@ -25,6 +25,8 @@
 //! - [`vault`]: encryption of signing secrets at rest.
 //! - [`projects`]: provisioning of projects, keys and secrets.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
+//! - [`demo`]: the whole flow in one command (`hookline demo`).
+//! - [`telemetry`]: process logs and the Prometheus recorder.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +35,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod domain;
 pub mod listen;
 pub mod projects;
