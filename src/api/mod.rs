@@ -22,8 +22,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::openapi::security::{ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi as OpenApiDoc, RefOr, Schema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
@@ -131,9 +131,9 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI document of this build, with the ingest body described by `catalog`.
-pub fn openapi(catalog: &Catalog) -> OpenApiDoc {
-    let mut doc = documented_routes().into_openapi();
-    describe_events(&mut doc, catalog);
+pub fn openapi(catalog: &Catalog) -> serde_json::Value {
+    let mut doc = serde_json::to_value(documented_routes().into_openapi()).expect("the document serializes");
+    doc["components"]["schemas"]["IngestRequest"] = ingest_schema(catalog);
     doc
 }
 
@@ -142,11 +142,12 @@ pub fn openapi_json_text(catalog: &Catalog) -> String {
     serde_json::to_string_pretty(&openapi(catalog)).expect("the document serializes")
 }
 
-/// Replaces the generic ingest body with one variant per catalog event, each
-/// with the event's JSON Schema for `data`, so readers (and API fuzzers) see
-/// the fields each event takes. A schema with `$ref`s is left generic: its
-/// references would not resolve inside this document.
-fn describe_events(doc: &mut OpenApiDoc, catalog: &Catalog) {
+/// The ingest body as one variant per catalog event, each with the event's
+/// JSON Schema for `data`, so readers (and API fuzzers) see the fields each
+/// event takes. It replaces the generic [`events::IngestRequest`] in JSON form:
+/// utoipa's schema model has no `const`. A schema with `$ref`s is left
+/// generic, as its references would not resolve inside this document.
+fn ingest_schema(catalog: &Catalog) -> serde_json::Value {
     let variants: Vec<serde_json::Value> = catalog
         .schemas()
         .map(|(name, schema)| {
@@ -164,14 +165,10 @@ fn describe_events(doc: &mut OpenApiDoc, catalog: &Catalog) {
             })
         })
         .collect();
-    let schema = serde_json::json!({
+    serde_json::json!({
         "description": "An event of the catalog and its data; unknown fields are rejected.",
         "oneOf": variants,
-    });
-    let schema: RefOr<Schema> = serde_json::from_value(schema).expect("a JSON Schema object is a schema");
-    if let Some(components) = doc.components.as_mut() {
-        components.schemas.insert("IngestRequest".to_owned(), schema);
-    }
+    })
 }
 
 /// This document: OpenAPI 3.1 of every route, generated from the code.

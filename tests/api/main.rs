@@ -5,8 +5,12 @@
 mod helpers;
 
 mod admin;
+mod cli;
 mod delivery;
 mod events;
 mod health;
 mod logs;
+mod metrics;
+mod openapi;
+mod store;
 mod webhooks;
