@@ -130,10 +130,17 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(openapi_json))
 }
 
-/// The OpenAPI document of this build, with the ingest body described by `catalog`.
+/// The OpenAPI document of this build, with the events described by `catalog`:
+/// the ingest body per event, and the events a webhook may subscribe to.
 pub fn openapi(catalog: &Catalog) -> serde_json::Value {
     let mut doc = serde_json::to_value(documented_routes().into_openapi()).expect("the document serializes");
-    doc["components"]["schemas"]["IngestRequest"] = ingest_schema(catalog);
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["IngestRequest"] = ingest_schema(catalog);
+    let names: Vec<serde_json::Value> = catalog.names().map(Into::into).collect();
+    schemas["CreateWebhook"]["properties"]["event"]["enum"] = names.clone().into();
+    // Absent or null leaves the event as it is.
+    schemas["UpdateWebhook"]["properties"]["event"]["enum"] =
+        names.into_iter().chain([serde_json::Value::Null]).collect::<Vec<_>>().into();
     doc
 }
 

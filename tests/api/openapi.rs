@@ -91,13 +91,20 @@ fn the_openapi_document_covers_every_route_of_the_spec() {
     );
 }
 
-#[test]
-fn the_ingest_body_is_described_per_catalog_event() {
-    let doc = generated();
+fn ingest_variants(doc: &Value) -> Vec<String> {
     let variants = doc["components"]["schemas"]["IngestRequest"]["oneOf"].as_array().unwrap();
-    let names: Vec<&str> = variants.iter().map(|v| v["properties"]["event_name"]["const"].as_str().unwrap()).collect();
-    assert_eq!(names, ["order.created", "order.paid"]);
-    assert_eq!(variants[0]["properties"]["data"]["required"][0], "order_id");
+    variants.iter().map(|v| v["properties"]["event_name"]["const"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn the_catalog_events_are_described_with_their_data() {
+    let doc = generated();
+    assert_eq!(ingest_variants(&doc), ["order.created", "order.paid"]);
+    let created = &doc["components"]["schemas"]["IngestRequest"]["oneOf"][0];
+    assert_eq!(created["properties"]["data"]["required"][0], "order_id");
+    assert_eq!(created["properties"]["data"]["additionalProperties"], false);
+    let events = &doc["components"]["schemas"]["CreateWebhook"]["properties"]["event"]["enum"];
+    assert_eq!(events, &serde_json::json!(["order.created", "order.paid"]));
 }
 
 #[test]
@@ -152,6 +159,15 @@ backend_tests! {
         assert_eq!(r.status(), 200);
         assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
         assert_eq!(r.json::<Value>().await.unwrap(), generated());
+    }
+
+    async fn the_served_document_describes_the_configured_catalog(backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = dir.path().join("catalog.json");
+        std::fs::write(&catalog, r#"{"user.signed_up": {"type": "object", "required": ["user_id"]}}"#).unwrap();
+        let app = TestApp::spawn_with(&backend, &["--event-catalog", catalog.to_str().unwrap()]).await;
+        let doc: Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(ingest_variants(&doc), ["user.signed_up"]);
     }
 
     async fn the_docs_page_loads_every_asset_from_this_server(backend) {
