@@ -20,8 +20,6 @@ use crate::domain::time::now_ms;
 use crate::store::{Backend as _, Store};
 use crate::vault::Vault;
 
-/// How often the retention pruner looks for old data.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Events deleted per statement, so pruning never holds the writer for long.
 const PRUNE_BATCH: u32 = 500;
 
@@ -51,6 +49,7 @@ pub struct Application {
     worker: Option<Worker>,
     store: Store,
     retention: Duration,
+    prune_interval: Duration,
 }
 
 impl Application {
@@ -63,6 +62,10 @@ impl Application {
         }
         let vault = Arc::new(vault);
         let work_ready = Arc::new(Notify::new());
+        // Installed before anything is counted: counts made earlier would be lost.
+        crate::telemetry::metrics();
+        let openapi =
+            serde_json::to_value(api::openapi(&settings.catalog)).context("serializing the OpenAPI document")?;
         let state = Arc::new(ApiContext {
             store: store.clone(),
             catalog: settings.catalog.clone(),
@@ -73,6 +76,7 @@ impl Application {
             secret_overlap: settings.secret_overlap,
             work_ready: work_ready.clone(),
             keys: Default::default(),
+            openapi,
         });
         let router = match settings.role {
             Role::Worker => api::worker_router(state),
@@ -97,7 +101,14 @@ impl Application {
         });
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
-        Ok(Self { listener, router, worker, store, retention: settings.retention })
+        Ok(Self {
+            listener,
+            router,
+            worker,
+            store,
+            retention: settings.retention,
+            prune_interval: settings.prune_interval,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -118,7 +129,7 @@ impl Application {
         });
         tracing::info!(address = %self.local_addr(), "hookline is listening");
         let worker = self.worker.map(|w| tokio::spawn(w.run(stop.clone())));
-        let pruner = tokio::spawn(prune_forever(self.store.clone(), self.retention, stop.clone()));
+        let pruner = tokio::spawn(prune_forever(self.store.clone(), self.retention, self.prune_interval, stop.clone()));
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await
@@ -134,7 +145,7 @@ impl Application {
 
 /// Deletes events and logs past the retention period, in small batches so
 /// ingest is never blocked behind a large delete.
-async fn prune_forever(store: Store, retention: Duration, stop: CancellationToken) {
+async fn prune_forever(store: Store, retention: Duration, every: Duration, stop: CancellationToken) {
     loop {
         loop {
             let now = now_ms();
@@ -154,7 +165,7 @@ async fn prune_forever(store: Store, retention: Duration, stop: CancellationToke
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

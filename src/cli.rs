@@ -35,6 +35,14 @@ pub enum Command {
     Bench(Box<crate::bench::BenchArgs>),
     /// Check a captured webhook's signatures and explain the result (exit code 0 only if verified).
     Verify(crate::verify::VerifyArgs),
+    /// See hookline work in one command: a throwaway server, receiver and database.
+    Demo,
+    /// Print the OpenAPI 3.1 document of the HTTP API (as served at /openapi.json).
+    Openapi {
+        /// Describe the events of this catalog file instead of the built-in one.
+        #[arg(long, env = "HOOKLINE_EVENT_CATALOG")]
+        event_catalog: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +109,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen(args) => crate::listen::run(args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
         Command::Verify(args) => crate::verify::run(args),
+        Command::Demo => {
+            // Quiet unless asked: the demo's own output tells the story.
+            if std::env::var_os("RUST_LOG").is_some() {
+                telemetry::init(LogFormat::Pretty);
+            }
+            crate::demo::run().await
+        }
+        Command::Openapi { event_catalog } => {
+            let catalog = match event_catalog {
+                Some(path) => crate::domain::Catalog::from_file(&path).context("--event-catalog")?,
+                None => crate::domain::Catalog::builtin(),
+            };
+            println!("{}", crate::api::openapi_json_text(&catalog));
+            Ok(())
+        }
         Command::Project(cmd) => {
             telemetry::init(LogFormat::Pretty);
             project(cmd).await

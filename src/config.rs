@@ -132,6 +132,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKLINE_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
 
+    /// How often the retention pruner looks for events and logs past `--retention-days`.
+    #[arg(long, env = "HOOKLINE_PRUNE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub prune_interval: Duration,
+
     /// Process log format.
     #[arg(long, env = "HOOKLINE_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -183,6 +187,7 @@ pub struct Settings {
     pub max_data_bytes: usize,
     pub catalog: Arc<Catalog>,
     pub retention: Duration,
+    pub prune_interval: Duration,
     pub log_format: LogFormat,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -205,6 +210,7 @@ impl Settings {
         ensure!(a.max_per_target >= 1, "--max-per-target must be at least 1");
         ensure!(a.retention_days >= 1, "--retention-days must be at least 1");
         ensure!(!a.poll_interval.is_zero(), "--poll-interval must be positive");
+        ensure!(!a.prune_interval.is_zero(), "--prune-interval must be positive");
         ensure!(
             a.lease > a.request_timeout + a.connect_timeout,
             "--lease ({}) must be longer than --request-timeout plus --connect-timeout, or a slow delivery would be taken over while still running",
@@ -228,6 +234,7 @@ impl Settings {
             max_data_bytes: a.max_data_bytes,
             catalog: Arc::new(catalog),
             retention: Duration::from_secs(u64::from(a.retention_days) * 86_400),
+            prune_interval: a.prune_interval,
             log_format: a.log_format,
             connect_timeout: a.connect_timeout,
             request_timeout: a.request_timeout,
@@ -284,6 +291,7 @@ mod tests {
         assert!(err(&["--database-url", "sqlite::memory:"]).contains("file path"));
         assert!(err(&["--admin-token", "short"]).contains("--admin-token"));
         assert!(err(&["--event-catalog", "/nonexistent.json"]).contains("--event-catalog"));
+        assert!(err(&["--prune-interval", "0s"]).contains("--prune-interval"));
     }
 
     #[test]

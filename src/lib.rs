@@ -27,6 +27,8 @@
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
 //! - [`bench`]: the end-to-end benchmark (`hookline bench`).
 //! - [`verify`]: offline signature check of a captured request (`hookline verify`).
+//! - [`demo`]: the whole flow in one command (`hookline demo`).
+//! - [`telemetry`]: process logs and the Prometheus recorder.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod domain;
 pub mod listen;
 pub mod projects;

@@ -54,6 +54,60 @@ fn mark(r: &Result<(), String>) -> String {
     }
 }
 
+/// What `hookline listen` prints for one received webhook, and the verdict on
+/// its signatures when a secret was given.
+pub fn describe(
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: Option<&SigningSecret>,
+) -> (String, Option<Verdict>) {
+    use std::fmt::Write as _;
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    let mut out = format!(
+        "── {} {}  event={}  webhook-id={}\n",
+        path,
+        get("content-type"),
+        get("x-event-name"),
+        get("webhook-id")
+    );
+    let verdict = secret.map(|secret| {
+        let now = crate::domain::time::now_ms() / 1000;
+        let v = verify(secret, headers, body, now);
+        let _ = writeln!(out, "   X-Signature: {}", mark(&v.x_signature));
+        let _ = writeln!(out, "   webhook-signature: {}", mark(&v.standard));
+        v
+    });
+    if verdict.is_none() {
+        out.push_str("   (signatures not checked: pass --secret whsec_…)\n");
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(json) => out.push_str(&serde_json::to_string_pretty(&json).unwrap_or_default()),
+        Err(_) => out.push_str(&String::from_utf8_lossy(body)),
+    }
+    (out, verdict)
+}
+
+/// A receiver on `listener` that answers every request with `status` and
+/// hands each one, described, to `on_webhook`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    secret: Option<SigningSecret>,
+    status: StatusCode,
+    on_webhook: impl Fn(String, Option<Verdict>) + Clone + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+        let secret = secret.clone();
+        let on_webhook = on_webhook.clone();
+        async move {
+            let (text, verdict) = describe(uri.path(), &headers, &body, secret.as_ref());
+            on_webhook(text, verdict);
+            status
+        }
+    });
+    axum::serve(listener, app).await
+}
+
 pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
     let secret = match &args.secret {
         Some(s) => {
@@ -62,37 +116,10 @@ pub async fn run(args: ListenArgs) -> anyhow::Result<()> {
         None => None,
     };
     let status = StatusCode::from_u16(args.status)?;
-    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
-        let secret = secret.clone();
-        async move {
-            let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-            println!(
-                "── {} {}  event={}  webhook-id={}",
-                uri.path(),
-                get("content-type"),
-                get("x-event-name"),
-                get("webhook-id")
-            );
-            match &secret {
-                Some(secret) => {
-                    let now = crate::domain::time::now_ms() / 1000;
-                    let v = verify(secret, &headers, &body, now);
-                    println!("   X-Signature: {}", mark(&v.x_signature));
-                    println!("   webhook-signature: {}", mark(&v.standard));
-                }
-                None => println!("   (signatures not checked: pass --secret whsec_…)"),
-            }
-            match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(json) => println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default()),
-                Err(_) => println!("{}", String::from_utf8_lossy(&body)),
-            }
-            status
-        }
-    });
     let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("listening on http://{addr}/ (Ctrl-C to stop)");
-    axum::serve(listener, app).await?;
+    serve(listener, secret, status, |text, _| println!("{text}")).await?;
     Ok(())
 }
 

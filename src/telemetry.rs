@@ -1,4 +1,4 @@
-//! Process logs. Filters come from `RUST_LOG` (default `info`). Nothing logged
+//! Process logs and metrics. Log filters come from `RUST_LOG` (default `info`). Nothing logged
 //! anywhere in hookline carries event data, keys or secrets: spans hold method,
 //! path, request id and object ids only.
 //!
@@ -56,6 +56,70 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).finish().with(quiet).try_init(),
         LogFormat::Pretty => builder.finish().with(quiet).try_init(),
     };
+}
+
+/// Buckets of `hookline_delivery_attempt_duration_seconds`: from a fast local
+/// receiver to the 15 s request timeout.
+const ATTEMPT_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0];
+
+/// How often histograms and idle series are tidied, scraped or not.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first use. A process has one
+/// global recorder, while tests build several applications in one process:
+/// they all share this one.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    METRICS.get_or_init(|| {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("hookline_delivery_attempt_duration_seconds".to_owned()),
+                &ATTEMPT_BUCKETS,
+            )
+            .expect("the buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder was installed first; /metrics will be empty");
+        }
+        describe_metrics();
+        let upkeep = handle.clone();
+        // A thread rather than a task: the recorder outlives any one runtime.
+        let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP);
+                upkeep.run_upkeep();
+            }
+        });
+        handle
+    })
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("hookline_ingest_requests_total", "Answers of POST /v1/events, by HTTP status.");
+    describe_counter!("hookline_events_accepted_total", "Events stored (202, not replayed), by event type.");
+    describe_counter!(
+        "hookline_deliveries_total",
+        "Delivery attempts by outcome: sent, failed (for good), retry (another attempt scheduled)."
+    );
+    describe_histogram!(
+        "hookline_delivery_attempt_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a delivery attempt to its answer or error."
+    );
+    describe_counter!("hookline_retries_total", "Delivery attempts that were not a delivery's first.");
+    describe_gauge!(
+        "hookline_queue_depth",
+        "Pending deliveries: all of them, those due now, and those leased by a worker."
+    );
+    describe_gauge!(
+        "hookline_oldest_pending_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest pending delivery; 0 when none is pending."
+    );
 }
 
 #[cfg(test)]

@@ -3,12 +3,16 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::check_admin;
 use super::error::ApiError;
+use super::error::responses::{
+    BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
+};
 use super::extract::TypedJson;
 use crate::domain::time::to_rfc3339;
 use crate::projects::{self, Provisioned};
@@ -16,28 +20,33 @@ use crate::projects::{self, Provisioned};
 /// Project names are labels for humans; this bounds them.
 const MAX_NAME_LEN: usize = 200;
 
-pub fn router() -> axum::Router<AppState> {
-    axum::Router::new().route("/v1/admin/projects", post(create_project))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_project))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
+    /// A label for humans, 1 to 200 printable characters.
     pub name: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProjectView {
+    /// `prj_…`
     pub id: String,
     pub name: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
 /// The same JSON `hookline project create` prints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProvisionedView {
     pub project: ProjectView,
+    /// The project's first API key; shown once, stored only as a hash.
     pub api_key: String,
+    /// The project's signing secret (`whsec_…`); shown once.
     pub signing_secret: String,
 }
 
@@ -64,6 +73,27 @@ pub fn validate_name(name: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
+/// Create a project (operator).
+///
+/// Needs the admin token (`--admin-token`) as `Authorization: Bearer`; without
+/// one configured the route answers 404.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/projects",
+    tag = "admin",
+    operation_id = "create_project",
+    request_body(content = CreateProject, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created: the key and secret are shown this once", body = ProvisionedView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("admin_token" = [])),
+)]
 async fn create_project(
     State(app): State<AppState>,
     headers: HeaderMap,

@@ -86,17 +86,71 @@ impl From<StoreError> for ApiError {
 }
 
 /// The problem document (RFC 9457).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// `/problems/<kind>`, stable for each kind of error.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/validation")]
     pub kind: String,
+    /// The HTTP status's reason phrase.
+    #[schema(example = "Unprocessable Entity")]
     pub title: String,
+    #[schema(example = 422)]
     pub status: u16,
+    /// What went wrong, for a human; never quotes the values sent.
+    #[schema(example = "data.order_id: is required")]
     pub detail: String,
     /// For validation errors: one entry per offending field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<FieldError>,
+}
+
+/// The error answers as reusable OpenAPI responses, one per status, so every
+/// route lists its errors by name. They only describe [`Problem`] documents
+/// that [`ApiError`] produces; nothing constructs them.
+#[allow(dead_code)]
+pub mod responses {
+    use super::Problem;
+    use utoipa::ToResponse;
+
+    /// The body is not valid JSON, or a query parameter is malformed.
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct BadRequest(Problem);
+
+    /// No API key, or an unknown or revoked one.
+    #[derive(ToResponse)]
+    #[response(
+        content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+    )]
+    pub struct Unauthorized(Problem);
+
+    /// No such object in the caller's project (another project's ids look the same).
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct NotFound(Problem);
+
+    /// The body (or `data`, serialized) is larger than `--max-data-bytes`.
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct PayloadTooLarge(Problem);
+
+    /// The body is not sent as `application/json`.
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct UnsupportedMediaType(Problem);
+
+    /// Well-formed input that breaks a rule; `errors` names each field.
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct Unprocessable(Problem);
+
+    /// The database is not reachable or not migrated.
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct Unavailable(Problem);
 }
 
 impl IntoResponse for ApiError {

@@ -4,15 +4,20 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 use super::auth::ProjectAuth;
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryMap};
+use super::error::responses::{
+    BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
+};
+use super::extract::{JsonBody, PageParams, QueryMap};
+use super::logs::DeliveryState;
 use super::{AppState, ListResponse};
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{DataError, EventId};
@@ -21,29 +26,71 @@ use crate::store::{Backend as _, DeliverySummary, Event, IdempotencyKey, Ingeste
 /// Longest `Idempotency-Key` accepted (Stripe's limit).
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-pub fn router() -> axum::Router<AppState> {
-    axum::Router::new().route("/v1/events", get(list).post(ingest)).route("/v1/events/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest).layer(axum::middleware::map_response(count_ingest)))
+        .routes(routes!(list))
+        .routes(routes!(show))
 }
 
-#[derive(Debug, Serialize)]
+/// `hookline_ingest_requests_total{status}`: every answer of ingest, rejections by
+/// the extractors (401, 413, 415, 400) included.
+async fn count_ingest(response: Response) -> Response {
+    ::metrics::counter!("hookline_ingest_requests_total", "status" => response.status().as_str().to_owned())
+        .increment(1);
+    response
+}
+
+/// The ingest body. `ingest` parses it by hand, to answer each broken rule with
+/// its own status and field, so this type only describes it; the served
+/// document replaces it with one variant per event of the catalog
+/// (see [`super::openapi`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct IngestRequest {
+    /// An event of the catalog, e.g. `order.created`.
+    event_name: String,
+    /// The event's fields, checked against the catalog's JSON Schema for it.
+    #[schema(value_type = Object)]
+    data: serde_json::Map<String, Value>,
+}
+
+/// The request headers that [`idempotency_key`] reads, for the OpenAPI
+/// document (nothing constructs it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IngestHeaders {
+    /// Makes a retried request safe: a repeat within 24 hours (per project)
+    /// answers the first answer again and creates nothing.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255, pattern = "^[!-~]+$")]
+    idempotency_key: Option<String>,
+}
+
+/// A delivery created for an event: one per active webhook of its type.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
+    /// The delivery's id (`dlv_…`), sent as `webhook-id`.
     pub id: String,
     pub webhook_id: String,
-    pub status: &'static str,
+    pub status: DeliveryState,
 }
 
 impl From<DeliverySummary> for DeliveryView {
     fn from(d: DeliverySummary) -> Self {
-        Self { id: d.id.to_string(), webhook_id: d.webhook_id.to_string(), status: d.status.as_str() }
+        Self { id: d.id.to_string(), webhook_id: d.webhook_id.to_string(), status: d.status.into() }
     }
 }
 
 /// The 202 answer to ingest.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptView {
+    /// The event's id (`evt_…`).
     pub id: String,
     pub event_name: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// One pending delivery per active webhook for this event; may be empty.
     pub deliveries: Vec<DeliveryView>,
 }
 
@@ -58,13 +105,18 @@ impl From<Receipt> for ReceiptView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A stored event, with its data.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: String,
     pub event_name: String,
+    #[schema(value_type = Object)]
     pub data: Box<RawValue>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// Only when one event is read (`GET /v1/events/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
     pub deliveries: Option<Vec<DeliveryView>>,
 }
 
@@ -92,7 +144,31 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     })
 }
 
-/// Validates and durably records an event; 202 once it and its deliveries are committed.
+/// Ingest an event.
+///
+/// Validates the event against the catalog and answers 202 only once the event
+/// and one pending delivery per active webhook for it are committed. With an
+/// `Idempotency-Key`, a repeat within 24 hours answers the first answer again
+/// and creates nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "ingest_event",
+    request_body(content = IngestRequest, content_type = "application/json"),
+    params(IngestHeaders),
+    responses(
+        (status = 202, description = "Accepted: stored durably with its deliveries", body = ReceiptView,
+            headers(("Idempotent-Replayed" = String,
+                description = "`true` when this is the stored answer to an earlier request with the same Idempotency-Key"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn ingest(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -134,6 +210,7 @@ async fn ingest(
         NewEvent { id: EventId::generate(), project_id: project, name, data, created_at: now_ms(), idempotency };
     match app.store.ingest(event).await? {
         Ingested::Created(receipt) => {
+            ::metrics::counter!("hookline_events_accepted_total", "event" => receipt.event_name.clone()).increment(1);
             if !receipt.deliveries.is_empty() {
                 app.work_ready.notify_one();
             }
@@ -148,6 +225,20 @@ async fn ingest(
     }
 }
 
+/// List the project's events, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "list_events",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of events", body = ListResponse<EventView>),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn list(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -161,6 +252,20 @@ async fn list(
     }))
 }
 
+/// Read one event, with its data and deliveries.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    operation_id = "get_event",
+    params(("id" = String, Path, description = "The event's id (`evt_…`)")),
+    responses(
+        (status = 200, description = "The event", body = EventView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn show(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,

@@ -87,6 +87,19 @@ fn describe_serde_error(path: &str, msg: &str) -> FieldError {
     }
 }
 
+/// The pagination parameters that [`QueryMap::page`] reads, for the OpenAPI
+/// document (nothing constructs it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
+    /// Items per page.
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
 /// Query parameters as a map; unknown ones are ignored.
 pub struct QueryMap(pub HashMap<String, String>);
 

@@ -3,38 +3,67 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::ProjectAuth;
 use super::error::ApiError;
-use super::extract::QueryMap;
+use super::error::responses::{NotFound, Unauthorized, Unprocessable};
+use super::extract::{PageParams, QueryMap};
 use super::{AppState, ListResponse};
 use crate::domain::time::{now_ms, parse_rfc3339, to_rfc3339};
 use crate::domain::{DeliveryId, EventId, WebhookId};
 use crate::store::{Attempt, Backend as _, DeliveryLog, DeliveryStatus, LogFilter};
 
-pub fn router() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/v1/webhook-logs", get(list))
-        .route("/v1/webhook-logs/{id}", get(show))
-        .route("/v1/webhook-logs/{id}/retry", post(retry))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(show)).routes(routes!(retry))
 }
 
-#[derive(Debug, Serialize)]
+/// A delivery's state: `pending` until it is `sent` or has `failed` for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Sent,
+    Failed,
+}
+
+impl From<DeliveryStatus> for DeliveryState {
+    fn from(s: DeliveryStatus) -> Self {
+        match s {
+            DeliveryStatus::Pending => Self::Pending,
+            DeliveryStatus::Sent => Self::Sent,
+            DeliveryStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+/// One delivery (an event going to one webhook): a row of `webhook_logs`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogView {
+    /// The delivery's id (`dlv_…`), sent as `webhook-id`.
     pub id: String,
     pub project_id: String,
+    /// The event's name, e.g. `order.created`.
     pub event: String,
     pub event_id: String,
     pub webhook_id: String,
+    /// Where the last attempt went (the webhook's URL at the time).
     pub target_url: String,
-    pub status: &'static str,
+    pub status: DeliveryState,
+    /// The receiver's HTTP status on the last attempt, when it answered.
     pub response_code: Option<u16>,
+    /// Attempts made so far.
     pub attempts: u32,
+    /// When the next attempt is due; set only while `pending`.
+    #[schema(format = DateTime)]
     pub next_attempt_at: Option<String>,
+    /// Why the last attempt did not succeed.
     pub last_error: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -47,7 +76,7 @@ impl From<DeliveryLog> for LogView {
             event_id: l.event_id.to_string(),
             webhook_id: l.webhook_id.to_string(),
             target_url: l.target_url,
-            status: l.status.as_str(),
+            status: l.status.into(),
             response_code: l.response_code,
             attempts: l.attempts,
             next_attempt_at: l.next_attempt_at.map(to_rfc3339),
@@ -58,14 +87,20 @@ impl From<DeliveryLog> for LogView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One attempt of a delivery.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
+    /// 1 for the first attempt.
     pub number: u32,
+    #[schema(format = DateTime)]
     pub started_at: String,
     pub duration_ms: u32,
+    /// The receiver's HTTP status, when it answered.
     pub response_code: Option<u16>,
+    /// When it did not: `timeout`, `connect`, `dns`, `tls`, `blocked`, `protocol`, `signing`.
     pub error_class: Option<String>,
     pub error: Option<String>,
+    /// At most the first 1 KiB of the receiver's answer.
     pub response_body: Option<String>,
 }
 
@@ -84,11 +119,33 @@ impl From<Attempt> for AttemptView {
 }
 
 /// One delivery with every attempt, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogDetailView {
     #[serde(flatten)]
     pub log: LogView,
     pub attempt_history: Vec<AttemptView>,
+}
+
+/// The filters that [`parse_filter`] reads, for the OpenAPI document (nothing
+/// constructs it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LogFilters {
+    /// Only deliveries in this state.
+    status: Option<DeliveryState>,
+    /// Only deliveries of this event type, e.g. `order.created`.
+    event: Option<String>,
+    /// Only deliveries to this webhook (`wh_…`).
+    webhook_id: Option<String>,
+    /// Only deliveries of this event (`evt_…`).
+    event_id: Option<String>,
+    /// Only deliveries created at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Only deliveries created before this time (RFC 3339).
+    #[param(format = DateTime)]
+    until: Option<String>,
 }
 
 fn parse_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
@@ -119,6 +176,20 @@ fn parse_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
     })
 }
 
+/// List delivery logs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-logs",
+    tag = "webhook-logs",
+    operation_id = "list_webhook_logs",
+    params(LogFilters, PageParams),
+    responses(
+        (status = 200, description = "A page of deliveries", body = ListResponse<LogView>),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn list(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -130,6 +201,20 @@ async fn list(
     Ok(Json(ListResponse { data: logs.items.into_iter().map(Into::into).collect(), next_cursor: logs.next }))
 }
 
+/// Read one delivery with all its attempts.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-logs/{id}",
+    tag = "webhook-logs",
+    operation_id = "get_webhook_log",
+    params(("id" = String, Path, description = "The delivery's id (`dlv_…`)")),
+    responses(
+        (status = 200, description = "The delivery and its attempts", body = LogDetailView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn show(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -140,7 +225,23 @@ async fn show(
     Ok(Json(LogDetailView { log: log.into(), attempt_history: attempts.into_iter().map(Into::into).collect() }))
 }
 
-/// Sends a delivery again now, whatever its state; it keeps its id and history.
+/// Send a delivery again now.
+///
+/// Whatever its state: the delivery becomes pending and due at once, and keeps
+/// its id (`webhook-id`) and its attempt history.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-logs/{id}/retry",
+    tag = "webhook-logs",
+    operation_id = "retry_webhook_log",
+    params(("id" = String, Path, description = "The delivery's id (`dlv_…`)")),
+    responses(
+        (status = 202, description = "Pending again, due now", body = LogView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn retry(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,

@@ -4,29 +4,35 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::ProjectAuth;
 use super::error::ApiError;
-use super::extract::{QueryMap, TypedJson};
+use super::error::responses::{
+    BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
+};
+use super::extract::{PageParams, QueryMap, TypedJson};
 use super::{AppState, ListResponse};
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{EventName, TargetUrl, WebhookId};
 use crate::store::{Backend as _, Webhook, WebhookPatch};
 
-pub fn router() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/v1/webhooks", get(list).post(create))
-        .route("/v1/webhooks/{id}", get(show).patch(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(show, update, remove))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
+    /// The event type this webhook receives, e.g. `order.created`.
     pub event: String,
+    /// `https://` (or `http://` in `--dev` or an allowed range); checked
+    /// against internal addresses now and before every attempt.
     pub target_url: String,
     #[serde(default = "default_active")]
+    #[schema(default = true)]
     pub is_active: bool,
 }
 
@@ -34,7 +40,8 @@ fn default_active() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+/// The fields to change; absent ones stay as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
     pub event: Option<String>,
@@ -42,13 +49,18 @@ pub struct UpdateWebhook {
     pub is_active: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+/// A webhook endpoint of the project.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookView {
+    /// `wh_…`
     pub id: String,
     pub event: String,
     pub target_url: String,
+    /// Inactive webhooks get no new deliveries (a receiver's 410 Gone deactivates one).
     pub is_active: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -82,6 +94,24 @@ async fn vet_target(app: &AppState, raw: &str) -> Result<TargetUrl, ApiError> {
     Ok(url)
 }
 
+/// Add a webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "create_webhook",
+    request_body(content = CreateWebhook, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = WebhookView,
+            headers(("Location" = String, description = "`/v1/webhooks/{id}`"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn create(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -104,6 +134,20 @@ async fn create(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(WebhookView::from(webhook))).into_response())
 }
 
+/// List the project's webhooks, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    operation_id = "list_webhooks",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of webhooks", body = ListResponse<WebhookView>),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn list(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -114,6 +158,20 @@ async fn list(
     Ok(Json(ListResponse { data: hooks.items.into_iter().map(Into::into).collect(), next_cursor: hooks.next }))
 }
 
+/// Read one webhook.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "get_webhook",
+    params(("id" = String, Path, description = "The webhook's id (`wh_…`)")),
+    responses(
+        (status = 200, description = "The webhook", body = WebhookView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn show(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -124,6 +182,25 @@ async fn show(
     Ok(Json(hook.into()))
 }
 
+/// Change a webhook's event, URL or state.
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "update_webhook",
+    params(("id" = String, Path, description = "The webhook's id (`wh_…`)")),
+    request_body(content = UpdateWebhook, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The changed webhook", body = WebhookView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn update(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
@@ -144,6 +221,20 @@ async fn update(
     Ok(Json(hook.into()))
 }
 
+/// Delete a webhook. Its pending deliveries fail without another attempt.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "delete_webhook",
+    params(("id" = String, Path, description = "The webhook's id (`wh_…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn remove(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,

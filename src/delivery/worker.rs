@@ -18,6 +18,7 @@ use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::client::{DeliveryClient, SendError, header};
 use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_after};
@@ -197,14 +198,25 @@ impl Worker {
             in_flight.insert(c.id.clone(), c.lease);
             let secrets = secrets.get(&c.project_id).cloned();
             let shared = shared.clone();
-            tasks.spawn(async move {
-                let id = c.id.clone();
-                let result = deliver(&shared, c, secrets).await;
-                // Record first, then forget: a shutdown in between cannot give back a finished delivery.
-                let _ = shared.results.send(result);
-                shared.in_flight.lock().expect("not poisoned").remove(&id);
-                drop(permit);
-            });
+            // Ids only: never the payload, the URL's query or a secret.
+            let span = tracing::info_span!(
+                "delivery",
+                delivery_id = %c.id,
+                event_id = %c.event_id,
+                webhook_id = %c.webhook_id,
+                attempt = c.attempts + 1,
+            );
+            tasks.spawn(
+                async move {
+                    let id = c.id.clone();
+                    let result = deliver(&shared, c, secrets).await;
+                    // Record first, then forget: a shutdown in between cannot give back a finished delivery.
+                    let _ = shared.results.send(result);
+                    shared.in_flight.lock().expect("not poisoned").remove(&id);
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
     }
 }
@@ -234,6 +246,8 @@ fn body_of(c: &Claimed) -> Bytes {
 }
 
 fn failed_without_attempt(c: &Claimed, reason: &str) -> Result_ {
+    tracing::debug!(reason, "delivery failed without an attempt");
+    ::metrics::counter!("hookline_deliveries_total", "outcome" => "failed").increment(1);
     Result_::Done(Completion {
         id: c.id.clone(),
         lease: c.lease,
@@ -273,9 +287,14 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         Some(secrets) => {
             let body = body_of(&c);
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
-            shared.client.post(&url, headers, body).await
+            let result = shared.client.post(&url, headers, body).await;
+            ::metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(clock.elapsed().as_secs_f64());
+            result
         }
     };
+    if number > 1 {
+        ::metrics::counter!("hookline_retries_total").increment(1);
+    }
     let duration_ms = clock.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
     let mut attempt = Attempt {
         number,
@@ -302,11 +321,19 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         }
     };
     let decision = shared.retry.decide(number, &outcome, now_ms(), &mut rand::rng());
-    let (next, deactivate) = match decision {
-        Decision::Sent => (NextState::Sent, false),
-        Decision::Failed { deactivate } => (NextState::Failed, deactivate),
-        Decision::RetryAt(at) => (NextState::RetryAt(at), false),
+    let (next, deactivate, outcome) = match decision {
+        Decision::Sent => (NextState::Sent, false, "sent"),
+        Decision::Failed { deactivate } => (NextState::Failed, deactivate, "failed"),
+        Decision::RetryAt(at) => (NextState::RetryAt(at), false, "retry"),
     };
+    ::metrics::counter!("hookline_deliveries_total", "outcome" => outcome).increment(1);
+    tracing::debug!(
+        outcome,
+        response_code = attempt.response_code,
+        error_class = attempt.error_class.as_deref(),
+        duration_ms,
+        "delivery attempt"
+    );
     if deactivate {
         tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; deactivating the webhook");
     }

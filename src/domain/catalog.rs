@@ -27,6 +27,8 @@ const MAX_EVENT_NAME_LEN: usize = 128;
 pub struct Catalog {
     /// Sorted, so listings and error messages are stable.
     events: BTreeMap<String, jsonschema::Validator>,
+    /// The schemas as written, for the OpenAPI document.
+    schemas: BTreeMap<String, Value>,
 }
 
 /// An event name that the catalog allows. Only [`Catalog::event_name`] makes one.
@@ -81,9 +83,11 @@ impl fmt::Debug for EventData {
 }
 
 /// One reason an input was refused, pointing at the field: `data.items[0].sku`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// The offending field's path, e.g. `data.items[0].sku`; empty for the body itself.
     pub field: String,
+    /// What is wrong with it; never quotes the value sent.
     pub message: String,
 }
 
@@ -121,6 +125,7 @@ impl Catalog {
             anyhow::bail!("must be a JSON object from event name to JSON Schema");
         };
         let mut events = BTreeMap::new();
+        let mut schemas = BTreeMap::new();
         for (name, schema) in map {
             anyhow::ensure!(
                 is_valid_event_name(&name),
@@ -130,15 +135,21 @@ impl Catalog {
                 .should_validate_formats(true)
                 .build(&schema)
                 .map_err(|e| anyhow::anyhow!("schema of {name}: {e}"))?;
-            events.insert(name, validator);
+            events.insert(name.clone(), validator);
+            schemas.insert(name, schema);
         }
         anyhow::ensure!(!events.is_empty(), "the catalog allows no event");
-        Ok(Self { events })
+        Ok(Self { events, schemas })
     }
 
     /// The allowed names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.events.keys().map(String::as_str)
+    }
+
+    /// Each allowed event with the JSON Schema of its `data`, sorted by name.
+    pub fn schemas(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.schemas.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// The name, if the catalog allows it.

@@ -273,9 +273,14 @@ pub struct Completion {
 /// Counts for readiness and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Deliveries in state `pending`, leased or not.
     pub pending: u64,
+    /// Pending deliveries a worker could claim now: due (`next_attempt_at <= now`)
+    /// and not under an unexpired lease. A delivery whose lease expired is due.
     pub due: u64,
+    /// Pending deliveries held by a worker under a lease that has not expired.
     pub leased: u64,
+    /// When the oldest pending delivery was created.
     pub oldest_pending_created_at: Option<UnixMs>,
 }
 

@@ -864,8 +864,12 @@ impl Backend for SqliteStore {
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(next_attempt_at <= ?1 AND lease_token IS NULL), 0), \
-                 COALESCE(SUM(lease_token IS NOT NULL), 0), MIN(created_at) FROM webhook_logs WHERE status = 'pending'",
+                // A claim pushes next_attempt_at to the lease's expiry, so a
+                // row whose lease expired is due again (and claimable), and a
+                // leased row is one whose lease has not expired yet.
+                "SELECT COUNT(*), COALESCE(SUM(next_attempt_at <= ?1), 0), \
+                 COALESCE(SUM(lease_token IS NOT NULL AND next_attempt_at > ?1), 0), MIN(created_at) \
+                 FROM webhook_logs WHERE status = 'pending'",
             )
             .and_then(|mut s| {
                 s.query_row([now], |r| {

@@ -7,11 +7,15 @@ mod process;
 
 mod admin;
 mod bench;
+mod cli;
 mod delivery;
 mod events;
 mod health;
 mod logs;
+mod metrics;
+mod openapi;
 mod recovery;
 mod retries;
 mod security;
+mod store;
 mod webhooks;

@@ -1,0 +1,203 @@
+//! The `hookline` binary itself: `demo`, `serve --help` against the README,
+//! start-up validation, and what the process logs.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookline");
+
+/// The binary with no `HOOKLINE_*` or `RUST_LOG` from the environment.
+fn hookline() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HOOKLINE_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+#[test]
+fn demo_shows_two_verified_deliveries_and_their_log_then_exits_0() {
+    let (out, stdout, stderr) = run(hookline().arg("demo"));
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
+    assert_eq!(stdout.matches("X-Signature: verified").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("webhook-signature: verified").count(), 2, "{stdout}");
+    assert!(!stdout.contains("NOT VERIFIED"), "{stdout}");
+    for event in ["order.created", "order.paid"] {
+        assert!(stdout.contains(&format!("event={event}")), "{event} never arrived:\n{stdout}");
+    }
+    assert_eq!(stdout.matches(" sent  HTTP 200  attempts 1").count(), 2, "{stdout}");
+    assert!(stdout.contains("Done:"), "{stdout}");
+    // The throwaway database is gone.
+    let db = stdout.split("(sqlite://").nth(1).and_then(|s| s.split(')').next()).expect("the demo names its database");
+    assert!(!std::path::Path::new(db).exists(), "{db} was left behind");
+}
+
+/// `(long flag, env var)` of every option in `hookline serve --help`.
+fn serve_flags() -> Vec<(String, Option<String>)> {
+    let (out, help, _) = run(hookline().args(["serve", "--help"]));
+    assert!(out.status.success());
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('-')
+            && let Some(long) = trimmed.split_whitespace().find_map(|w| w.strip_prefix("--"))
+        {
+            let long = long.trim_end_matches(',').split(['=', '<', ' ']).next().unwrap().to_owned();
+            flags.push((long, None));
+        }
+        if let Some(env) = line.split("[env: ").nth(1) {
+            let env = env.split(['=', ']']).next().unwrap().to_owned();
+            flags.last_mut().expect("an env var belongs to a flag").1 = Some(env);
+        }
+    }
+    flags.retain(|(long, _)| long != "help");
+    flags
+}
+
+#[test]
+fn every_serve_flag_has_an_env_var_and_a_row_in_the_readme() {
+    let flags = serve_flags();
+    assert!(flags.len() >= 20, "{flags:?}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table: Vec<&str> = readme
+        .split("## Configuration")
+        .nth(1)
+        .expect("the README has a Configuration section")
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .collect();
+    for (long, env) in flags {
+        let env = env.unwrap_or_else(|| panic!("--{long} has no environment variable"));
+        assert!(env.starts_with("HOOKLINE_"), "--{long}: {env}");
+        let row = table.iter().find(|row| row.starts_with(&format!("| `--{long}")));
+        let row = row.unwrap_or_else(|| panic!("--{long} is missing from the README's configuration table"));
+        assert!(row.contains(&format!("`{env}`")), "the README row of --{long} does not name {env}: {row}");
+    }
+}
+
+#[test]
+fn invalid_values_stop_serve_at_start_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("hookline.db").display());
+    // (flags, environment, the flag the message must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--max-attempts", "0"], &[], "--max-attempts"),
+        (&["--poll-interval", "soon"], &[], "--poll-interval"),
+        (&["--prune-interval", "0s"], &[], "--prune-interval"),
+        (&["--listen", "nowhere"], &[], "--listen"),
+        (&["--log-format", "xml"], &[], "--log-format"),
+        (&["--retention-days", "0"], &[], "--retention-days"),
+        (&["--retry-schedule", "5s,later"], &[], "--retry-schedule"),
+        (&["--allow-target-cidr", "10.0.0.0/99"], &[], "--allow-target-cidr"),
+        (&[], &[("HOOKLINE_MAX_ATTEMPTS", "0")], "--max-attempts"),
+        (&[], &[("HOOKLINE_REQUEST_TIMEOUT", "forever")], "--request-timeout"),
+    ];
+    for (args, env, flag) in cases {
+        let mut cmd = hookline();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--database-url", &database]).args(*args);
+        cmd.envs(env.iter().copied());
+        let (out, _, stderr) = run(&mut cmd);
+        assert!(!out.status.success(), "{args:?} {env:?} started");
+        assert!(stderr.contains(flag), "{args:?} {env:?}: the message does not name {flag}: {stderr}");
+    }
+    assert!(!dir.path().join("hookline.db").exists(), "a refused start opened the database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_logs_are_json_with_ids_on_requests_and_deliveries_but_no_data_or_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("hookline.db").display());
+    let mut child = tokio::process::Command::from(hookline())
+        .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0", "--database-url", &database])
+        .args(["--admin-token", ADMIN_TOKEN, "--allow-target-cidr", "127.0.0.1/32", "--poll-interval", "100ms"])
+        .env("RUST_LOG", "hookline=debug,tower_http=debug")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let reader = tokio::spawn({
+        let lines = lines.clone();
+        async move {
+            let mut address_tx = Some(address_tx);
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && let Some(addr) = v["address"].as_str()
+                    && let Some(tx) = address_tx.take()
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        }
+    });
+    let address = tokio::time::timeout(PATIENCE, address_rx).await.expect("the server logged its address").unwrap();
+    let base = format!("http://{address}");
+    let http = http_client();
+    let project = create_project(&http, &base, "logged").await;
+    let receiver = Receiver::start().await;
+    let hook = http
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(&project.api_key)
+        .json(&json!({"event": "order.created", "target_url": receiver.url("/hook")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 201);
+    let marker = "ord_do_not_log_me_4711";
+    let receipt: Value = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(&project.api_key)
+        .json(&json!({"event_name": "order.created", "data": {"order_id": marker}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let delivery = receipt["deliveries"][0]["id"].as_str().unwrap().to_owned();
+    receiver.wait_for(1).await;
+
+    // Wait for the attempt's log line, then stop the server.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !lines.lock().unwrap().iter().any(|l| l.contains("delivery attempt")) {
+        assert!(tokio::time::Instant::now() < deadline, "no delivery attempt was logged");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    reader.await.unwrap();
+
+    let lines = lines.lock().unwrap().clone();
+    let logs: Vec<Value> =
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
+    let requests: Vec<&Value> = logs.iter().filter(|l| l["span"]["name"] == "request").collect();
+    assert!(!requests.is_empty(), "no request was logged: {lines:#?}");
+    assert!(requests.iter().all(|l| l["span"]["request_id"].as_str().is_some_and(|id| !id.is_empty())));
+    let attempt = logs.iter().find(|l| l["message"] == "delivery attempt").unwrap();
+    assert_eq!(attempt["span"]["name"], "delivery");
+    assert_eq!(attempt["span"]["delivery_id"], delivery.as_str());
+    assert_eq!(attempt["span"]["event_id"], receipt["id"]);
+    assert!(attempt["span"]["webhook_id"].as_str().unwrap().starts_with("wh_"));
+    assert_eq!(attempt["outcome"], "sent");
+    for secret in [marker, &project.api_key, &project.signing_secret, ADMIN_TOKEN] {
+        assert!(!lines.iter().any(|l| l.contains(secret)), "a log line carries {secret}");
+    }
+}
