@@ -15,11 +15,16 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiContext};
 use crate::config::{DatabaseUrl, Role, Settings};
 use crate::delivery::client::DeliveryClient;
+use crate::delivery::handoff::Handoff;
 use crate::delivery::{Worker, WorkerSettings};
 use crate::domain::time::now_ms;
 use crate::store::{Backend as _, Store};
 use crate::vault::Vault;
 
+/// Deliveries that may wait in the in-memory handoff per in-flight slot: enough
+/// to keep the worker busy between wake-ups, few enough to be sent long before
+/// their leases run out.
+const HANDOFF_PER_SLOT: usize = 4;
 /// Events deleted per statement, so pruning never holds the writer for long.
 const PRUNE_BATCH: u32 = 500;
 
@@ -66,6 +71,15 @@ impl Application {
         crate::telemetry::metrics();
         let openapi =
             serde_json::to_value(api::openapi(&settings.catalog)).context("serializing the OpenAPI document")?;
+        let secrets = Arc::new(crate::projects::SecretCache::default());
+        // In one process, ingest hands new deliveries straight to the worker.
+        let (handoff, handoff_rx) = match settings.role {
+            Role::All => {
+                let (h, rx) = Handoff::new(settings.max_in_flight * HANDOFF_PER_SLOT, settings.lease);
+                (Some(h), Some(rx))
+            }
+            Role::Api | Role::Worker => (None, None),
+        };
         let state = Arc::new(ApiContext {
             store: store.clone(),
             catalog: settings.catalog.clone(),
@@ -75,6 +89,8 @@ impl Application {
             max_data_bytes: settings.max_data_bytes,
             secret_overlap: settings.secret_overlap,
             work_ready: work_ready.clone(),
+            handoff,
+            secrets: secrets.clone(),
             keys: Default::default(),
             openapi,
         });
@@ -97,7 +113,7 @@ impl Application {
                 max_per_target: settings.max_per_target,
                 shutdown_grace: settings.shutdown_grace,
             };
-            Worker::new(store.clone(), vault, client, worker_settings, work_ready)
+            Worker::new(store.clone(), vault, secrets, client, worker_settings, work_ready, handoff_rx)
         });
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;

@@ -107,7 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen(args) => crate::listen::run(args).await,
-        Command::Bench(args) => crate::bench::run(*args).await,
+        Command::Bench(args) => tokio::task::spawn_blocking(move || crate::bench::run_on_own_thread(*args)).await?,
         Command::Verify(args) => crate::verify::run(args),
         Command::Demo => {
             // Quiet unless asked: the demo's own output tells the story.

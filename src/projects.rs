@@ -81,3 +81,59 @@ pub async fn signing_secrets(
     }
     Ok(out)
 }
+
+/// How long the worker trusts the secrets it loaded. A rotation made by this
+/// process is seen at once ([`SecretCache::forget`]); one made on another node,
+/// or the end of an overlap window, within this time.
+pub const SECRET_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A project's signing secrets, newest first, as the worker signs with them.
+pub type Secrets = std::sync::Arc<Vec<SigningSecret>>;
+
+/// Decrypted signing secrets per project, so the worker does not read and
+/// decrypt them for every batch of deliveries.
+#[derive(Default)]
+pub struct SecretCache {
+    /// Each project's secrets and when they were loaded.
+    entries: std::sync::Mutex<HashMap<ProjectId, (Secrets, std::time::Instant)>>,
+}
+
+impl SecretCache {
+    /// The secrets of each of `projects`, loading the ones not cached or stale.
+    pub async fn get(
+        &self,
+        store: &Store,
+        vault: &Vault,
+        projects: &[&ProjectId],
+        now: UnixMs,
+    ) -> Result<HashMap<ProjectId, Secrets>> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let entries = self.entries.lock().expect("not poisoned");
+            for &p in projects {
+                match entries.get(p).filter(|(_, at)| at.elapsed() < SECRET_CACHE_TTL) {
+                    Some((secrets, _)) => {
+                        found.insert(p.clone(), secrets.clone());
+                    }
+                    None => missing.push(p.clone()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let mut loaded = signing_secrets(store, vault, missing.clone(), now).await?;
+            let mut entries = self.entries.lock().expect("not poisoned");
+            for p in missing {
+                let secrets = std::sync::Arc::new(loaded.remove(&p).unwrap_or_default());
+                entries.insert(p.clone(), (secrets.clone(), std::time::Instant::now()));
+                found.insert(p, secrets);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drops a project's cached secrets (after a rotation).
+    pub fn forget(&self, project: &ProjectId) {
+        self.entries.lock().expect("not poisoned").remove(project);
+    }
+}

@@ -62,6 +62,11 @@ pub fn init(format: LogFormat) {
 /// receiver to the 15 s request timeout.
 const ATTEMPT_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0];
 
+/// Buckets of `hookline_sqlite_group_writes`: writes that shared one commit.
+const GROUP_WRITES_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// Buckets of `hookline_sqlite_group_seconds`: from a cached commit to a slow disk.
+const GROUP_SECONDS_BUCKETS: [f64; 10] = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5];
+
 /// How often histograms and idle series are tidied, scraped or not.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -78,6 +83,10 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
                 Matcher::Full("hookline_delivery_attempt_duration_seconds".to_owned()),
                 &ATTEMPT_BUCKETS,
             )
+            .expect("the buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full("hookline_sqlite_group_writes".to_owned()), &GROUP_WRITES_BUCKETS)
+            .expect("the buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full("hookline_sqlite_group_seconds".to_owned()), &GROUP_SECONDS_BUCKETS)
             .expect("the buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -104,6 +113,12 @@ fn describe_metrics() {
     describe_counter!(
         "hookline_deliveries_total",
         "Delivery attempts by outcome: sent, failed (for good), retry (another attempt scheduled)."
+    );
+    describe_histogram!("hookline_sqlite_group_writes", "SQLite: writes committed together by one group commit.");
+    describe_histogram!(
+        "hookline_sqlite_group_seconds",
+        Unit::Seconds,
+        "SQLite: time to run and commit one group of writes, fsync included."
     );
     describe_histogram!(
         "hookline_delivery_attempt_duration_seconds",

@@ -41,15 +41,17 @@ CREATE TABLE project_webhooks (
 CREATE INDEX project_webhooks_by_project ON project_webhooks (project_id, id);
 CREATE INDEX project_webhooks_active ON project_webhooks (project_id, event) WHERE is_active = 1;
 
+-- Ids are time-ordered (UUIDv7), so the primary key also orders events by
+-- age: pruning walks it, and no created_at index is needed. WITHOUT ROWID
+-- keeps the rows in the primary-key tree itself instead of in a second one.
 CREATE TABLE events (
     id          TEXT PRIMARY KEY,
     project_id  TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
     event_name  TEXT NOT NULL,
     data        TEXT NOT NULL,
     created_at  INTEGER NOT NULL
-) STRICT;
+) STRICT, WITHOUT ROWID;
 CREATE INDEX events_by_project ON events (project_id, id);
-CREATE INDEX events_by_age ON events (created_at);
 
 -- One row per delivery (an event going to one webhook): the queue and the log.
 -- While pending, next_attempt_at says when it is due; a worker that claims it
@@ -72,7 +74,7 @@ CREATE TABLE webhook_logs (
     updated_at       INTEGER NOT NULL,
     CHECK ((status = 'pending') = (next_attempt_at IS NOT NULL)),
     CHECK (status = 'pending' OR lease_token IS NULL)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 CREATE INDEX webhook_logs_due ON webhook_logs (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_logs_by_project ON webhook_logs (project_id, id);
 CREATE INDEX webhook_logs_by_event ON webhook_logs (event_id);

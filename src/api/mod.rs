@@ -46,6 +46,10 @@ pub struct ApiContext {
     pub secret_overlap: Duration,
     /// Wakes this process's delivery worker when new work was committed.
     pub work_ready: Arc<Notify>,
+    /// Hands new deliveries to this process's worker in memory, when it runs one.
+    pub handoff: Option<Arc<crate::delivery::handoff::Handoff>>,
+    /// The worker's cache of signing secrets, forgotten on rotation.
+    pub secrets: Arc<crate::projects::SecretCache>,
     pub keys: auth::KeyCache,
     /// The OpenAPI document served at `/openapi.json` (see [`openapi`]).
     pub openapi: serde_json::Value,

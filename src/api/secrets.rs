@@ -47,6 +47,7 @@ async fn rotate(
     ProjectAuth(project): ProjectAuth,
 ) -> Result<Json<RotatedSecret>, ApiError> {
     let (secret, until) = projects::rotate_signing_secret(&app.store, &app.vault, &project, app.secret_overlap).await?;
+    app.secrets.forget(&project);
     tracing::info!(project = %project, "signing secret rotated");
     Ok(Json(RotatedSecret {
         signing_secret: secret.expose().to_owned(),

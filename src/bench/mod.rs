@@ -13,6 +13,7 @@
 
 mod receiver;
 mod server;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,10 +104,10 @@ async fn post_json(client: &HttpClient, url: &str, bearer: &str, body: &Value) -
 }
 
 /// An `order.created` of about 540 bytes, the size of the reference workload.
-fn event_body(seq: usize) -> Bytes {
-    Bytes::from(format!(
+fn event_body(seq: usize) -> String {
+    format!(
         r#"{{"event_name":"order.created","data":{{"order_id":"b{seq}","customer_id":"cus_8f14e45fceea167a5a36dedd4bea2543","currency":"EUR","total_amount":12990,"items":[{{"sku":"SKU-TSHIRT-BLK-M","quantity":2,"unit_price":2495}},{{"sku":"SKU-HOODIE-GRY-L","quantity":1,"unit_price":5990}},{{"sku":"SKU-SOCKS-WHT-42","quantity":3,"unit_price":670}}],"created_at":"2026-11-30T08:00:00Z","metadata":{{"channel":"web","campaign":"black-friday-2026","coupon":"BF26","warehouse":"eu-central-1","note":"leave at the door"}}}}}}"#
-    ))
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -190,9 +191,15 @@ async fn set_up(
 }
 
 /// Sends events with `concurrency` keep-alive clients until the count or the duration is reached.
-async fn ingest(args: &BenchArgs, target: &Target, times: Arc<SendTimes>, progress: Arc<Progress>) -> IngestResult {
-    let client = http_client(args.concurrency);
-    let url: Arc<str> = format!("{}/v1/events", target.base).into();
+async fn ingest(
+    args: &BenchArgs,
+    target: &Target,
+    times: Arc<SendTimes>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<IngestResult> {
+    let authority = target.base.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let addr = tokio::net::lookup_host(&authority).await?.next().context("the server's address does not resolve")?;
+    let host: Arc<str> = authority.into();
     let key: Arc<str> = target.api_key.clone().into();
     let next = Arc::new(AtomicUsize::new(0));
     let limit = times.capacity();
@@ -200,8 +207,9 @@ async fn ingest(args: &BenchArgs, target: &Target, times: Arc<SendTimes>, progre
     let until = args.duration.map(|d| started + d);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency.max(1) {
-        let (client, url, key, next, times, progress) =
-            (client.clone(), url.clone(), key.clone(), next.clone(), times.clone(), progress.clone());
+        let mut conn = wire::ClientConn::connect(addr).await?;
+        let (host, key, next, times, progress) =
+            (host.clone(), key.clone(), next.clone(), times.clone(), progress.clone());
         let rate = args.rate;
         tasks.spawn(async move {
             let mut latencies = Vec::new();
@@ -216,12 +224,16 @@ async fn ingest(args: &BenchArgs, target: &Target, times: Arc<SendTimes>, progre
                 }
                 times.mark(seq);
                 let t0 = Instant::now();
-                match post(&client, &url, &key, event_body(seq)).await {
+                match conn.post(&host, "/v1/events", &key, event_body(seq).as_bytes()).await {
                     Ok((202, _)) => {
                         accepted += 1;
                         latencies.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                     }
-                    _ => rejected += 1,
+                    Ok(_) => rejected += 1,
+                    Err(_) => {
+                        rejected += 1;
+                        break; // The connection is gone.
+                    }
                 }
                 progress.sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -235,14 +247,14 @@ async fn ingest(args: &BenchArgs, target: &Target, times: Arc<SendTimes>, progre
         rejected += r;
     }
     let seconds = started.elapsed().as_secs_f64();
-    IngestResult {
+    Ok(IngestResult {
         sent: accepted + rejected,
         accepted,
         rejected,
         seconds,
         events_per_s: accepted as f64 / seconds,
         latency_ms: percentiles_ms(latencies),
-    }
+    })
 }
 
 /// Counters the progress line reads.
@@ -301,6 +313,17 @@ async fn wait_for_deliveries(arrivals: &Arrivals, expected: u64, stall: Duration
     }
 }
 
+/// Runs the benchmark on a thread of its own with a single-threaded runtime:
+/// the load generator and the receiver share the machine with the server they
+/// measure, and one thread without cross-thread wake-ups is their cheapest form.
+pub fn run_on_own_thread(args: BenchArgs) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("bench".into())
+        .spawn(move || tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(args)))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.url.is_some() && args.scenario == Scenario::Drain {
         bail!("the drain scenario restarts the server, so it cannot target --url");
@@ -334,7 +357,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // With --duration the expected count is only known once sending stops.
     let expected_now = if args.duration.is_none() { (capacity * args.webhooks) as u64 } else { 0 };
     let progress_task = spawn_progress(progress.clone(), arrivals.clone(), expected_now, args.json);
-    let ingest_result = ingest(&args, &target, times.clone(), progress.clone()).await;
+    let ingest_result = ingest(&args, &target, times.clone(), progress.clone()).await?;
     let expected = (ingest_result.accepted * args.webhooks) as u64;
 
     let mut drain_started_us = None;

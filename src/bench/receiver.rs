@@ -6,11 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-
 /// When each event was sent, in µs since the run started, indexed by the
 /// sequence number the bench puts in its `order_id` (`b<seq>`).
 pub struct SendTimes {
@@ -87,19 +82,9 @@ pub async fn start(times: Arc<SendTimes>) -> std::io::Result<(SocketAddr, Arc<Ar
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let _ = stream.set_nodelay(true);
             let arrivals = shared.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let arrivals = arrivals.clone();
-                    async move {
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        arrivals.record(&body);
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = super::wire::serve_connection(stream, |body| arrivals.record(body)).await;
             });
         }
     });

@@ -1,8 +1,10 @@
 //! The delivery worker.
 //!
-//! One dispatcher task claims due deliveries in batches (as many as there are
-//! free in-flight slots), spawns one task per delivery, and goes back to sleep
-//! when nothing is due. It wakes on an in-process signal when new work is
+//! One dispatcher task takes work from two sources: deliveries that ingest in
+//! this process leased to it and handed over in memory ([`super::handoff`]),
+//! and due deliveries it claims from the database in batches (as many as there
+//! are free in-flight slots). It spawns one task per delivery, and goes back
+//! to sleep when nothing is due. It wakes on an in-process signal when new work is
 //! committed, on a timer for short retries, and on a poll as the backstop
 //! (work from other processes, expired leases, retries scheduled before a
 //! restart). No transaction is open while a request is in flight: the claim is
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::client::{DeliveryClient, SendError, header};
+use super::handoff::HandoffReceiver;
 use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_after};
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs};
@@ -71,25 +74,30 @@ enum Result_ {
 pub struct Worker {
     store: Store,
     vault: Arc<Vault>,
+    secrets: Arc<projects::SecretCache>,
     settings: WorkerSettings,
     work_ready: Arc<Notify>,
     /// Taken by `run` into the state its tasks share.
     client: Option<DeliveryClient>,
+    /// Deliveries leased to this worker at ingest, when the API runs in this process.
+    handoff: Option<HandoffReceiver>,
 }
 
 impl Worker {
     pub fn new(
         store: Store,
         vault: Arc<Vault>,
+        secrets: Arc<projects::SecretCache>,
         client: DeliveryClient,
         settings: WorkerSettings,
         work_ready: Arc<Notify>,
+        handoff: Option<HandoffReceiver>,
     ) -> Self {
-        Self { store, vault, settings, work_ready, client: Some(client) }
+        Self { store, vault, secrets, settings, work_ready, client: Some(client), handoff }
     }
 
-    /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight
-    /// sends finish within the grace period, and gives back what is left.
+    /// Runs until `shutdown` is cancelled, then stops taking work, lets
+    /// in-flight sends finish within the grace period, and gives back what is left.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -103,56 +111,47 @@ impl Worker {
         let recorder =
             tokio::spawn(record(self.store.clone(), results_rx, self.work_ready.clone(), self.settings.poll_interval));
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
-        let lease_ms = self.settings.lease.as_millis() as i64;
+        let mut handoff = self.handoff.take();
         let mut tasks = JoinSet::new();
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether due work may be waiting in the database; true at start for
+        // whatever a previous process left.
+        let mut claim_wanted = true;
 
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
-            };
-            let mut permits = vec![first];
-            while permits.len() < CLAIM_BATCH {
-                match slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
-            let asked = permits.len();
-            let now = now_ms();
-            let claimed = match self.store.claim(now, now + lease_ms, asked as u32).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "claiming deliveries failed");
-                    drop(permits);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(self.settings.poll_interval) => continue,
-                    }
-                }
-            };
-            let got = claimed.len();
-            if got > 0 {
-                self.spawn_sends(&shared, &mut tasks, claimed, &mut permits, now).await;
-            }
-            drop(permits);
             while let Some(joined) = tasks.try_join_next() {
                 if let Err(e) = joined {
                     tracing::error!(error = %e, "a delivery task failed");
                 }
             }
-            if got == asked {
-                continue; // More may be due right now.
-            }
+            // Not biased: handed-over work must not starve claims of due retries.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.work_ready.notified() => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                batch = recv(&mut handoff) => match batch {
+                    Some(batch) => {
+                        if !self.start_handed_over(&shared, &mut tasks, &slots, batch, &shutdown).await {
+                            break;
+                        }
+                    }
+                    None => handoff = None,
+                },
+                permit = slots.clone().acquire_owned(), if claim_wanted => {
+                    let permit = permit.expect("never closed");
+                    match self.claim_and_start(&shared, &mut tasks, &slots, permit).await {
+                        Ok(full) => claim_wanted = full,
+                        Err(e) => {
+                            tracing::error!(error = %e, "claiming deliveries failed");
+                            claim_wanted = false;
+                        }
+                    }
+                }
+                _ = self.work_ready.notified() => claim_wanted = true,
+                _ = poll.tick() => claim_wanted = true,
             }
         }
 
-        // Shutdown: no new claims. Let in-flight sends finish within the grace period.
+        // Shutdown: no new work. Let in-flight sends finish within the grace period.
         let drained =
             tokio::time::timeout(self.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
                 .await;
@@ -161,7 +160,10 @@ impl Worker {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        let left: Vec<(DeliveryId, LeaseToken)> = shared.in_flight.lock().expect("not poisoned").drain().collect();
+        let mut left: Vec<(DeliveryId, LeaseToken)> = shared.in_flight.lock().expect("not poisoned").drain().collect();
+        if let Some(handoff) = handoff.as_mut() {
+            left.extend(handoff.close().into_iter().map(|c| (c.id, c.lease)));
+        }
         drop(shared);
         let _ = recorder.await;
         if !left.is_empty()
@@ -171,19 +173,98 @@ impl Worker {
         }
     }
 
-    async fn spawn_sends(
+    /// Claims up to a batch of due deliveries (one slot is already held) and
+    /// starts them. Returns whether the batch was full, so more may be due.
+    async fn claim_and_start(
+        &self,
+        shared: &Arc<Shared>,
+        tasks: &mut JoinSet<()>,
+        slots: &Arc<Semaphore>,
+        first: OwnedSemaphorePermit,
+    ) -> crate::store::Result<bool> {
+        let mut permits = vec![first];
+        while permits.len() < CLAIM_BATCH {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let asked = permits.len();
+        let now = now_ms();
+        let lease_ms = self.settings.lease.as_millis() as i64;
+        let claimed = self.store.claim(now, now + lease_ms, asked as u32).await?;
+        let full = claimed.len() == asked;
+        if !claimed.is_empty() {
+            permits.truncate(claimed.len());
+            self.start(shared, tasks, claimed, permits, now).await;
+        }
+        Ok(full)
+    }
+
+    /// Starts deliveries that ingest leased to this worker, each as a slot
+    /// frees up. Returns `false` if shutdown came first (the rest are given
+    /// back with the other unfinished work).
+    async fn start_handed_over(
+        &self,
+        shared: &Arc<Shared>,
+        tasks: &mut JoinSet<()>,
+        slots: &Arc<Semaphore>,
+        batch: Vec<Claimed>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let now = now_ms();
+        // A lease about to run out could be taken over mid-send: leave such
+        // deliveries to the claim path once it has.
+        let margin = self.settings.lease.as_millis() as i64 / 2;
+        let mut fresh = Vec::with_capacity(batch.len());
+        let mut permits = Vec::with_capacity(batch.len());
+        let mut batch = batch.into_iter();
+        while let Some(c) = batch.next() {
+            if c.lease_until - now < margin {
+                continue;
+            }
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    // Start what is ready, then wait for a slot.
+                    if !fresh.is_empty() {
+                        self.start(shared, tasks, std::mem::take(&mut fresh), std::mem::take(&mut permits), now).await;
+                    }
+                    tokio::select! {
+                        p = slots.clone().acquire_owned() => p.expect("never closed"),
+                        _ = shutdown.cancelled() => {
+                            let mut in_flight = shared.in_flight.lock().expect("not poisoned");
+                            for c in std::iter::once(c).chain(batch) {
+                                in_flight.insert(c.id, c.lease);
+                            }
+                            return false;
+                        }
+                    }
+                }
+            };
+            fresh.push(c);
+            permits.push(permit);
+        }
+        if !fresh.is_empty() {
+            self.start(shared, tasks, fresh, permits, now).await;
+        }
+        true
+    }
+
+    /// Starts one task per delivery, each holding one of `permits`.
+    async fn start(
         &self,
         shared: &Arc<Shared>,
         tasks: &mut JoinSet<()>,
         claimed: Vec<Claimed>,
-        permits: &mut Vec<OwnedSemaphorePermit>,
+        mut permits: Vec<OwnedSemaphorePermit>,
         now: UnixMs,
     ) {
-        let mut projects: Vec<ProjectId> = claimed.iter().map(|c| c.project_id.clone()).collect();
+        let mut projects: Vec<&ProjectId> = claimed.iter().map(|c| &c.project_id).collect();
         projects.sort();
         projects.dedup();
-        let secrets = match projects::signing_secrets(&self.store, &self.vault, projects, now).await {
-            Ok(s) => s.into_iter().map(|(k, v)| (k, Arc::new(v))).collect::<HashMap<_, _>>(),
+        let secrets = match self.secrets.get(&self.store, &self.vault, &projects, now).await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "loading signing secrets failed; giving deliveries back");
                 for c in claimed {
@@ -194,7 +275,7 @@ impl Worker {
         };
         let mut in_flight = shared.in_flight.lock().expect("not poisoned");
         for c in claimed {
-            let permit = permits.pop().expect("one permit per claimed delivery");
+            let permit = permits.pop().expect("one permit per delivery");
             in_flight.insert(c.id.clone(), c.lease);
             let secrets = secrets.get(&c.project_id).cloned();
             let shared = shared.clone();
@@ -218,6 +299,14 @@ impl Worker {
                 .instrument(span),
             );
         }
+    }
+}
+
+/// The next handed-over batch, or never when there is no handoff.
+async fn recv(handoff: &mut Option<HandoffReceiver>) -> Option<Vec<Claimed>> {
+    match handoff {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
     }
 }
 

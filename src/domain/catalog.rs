@@ -62,8 +62,9 @@ impl fmt::Debug for EventName {
 /// Event data that passed its schema: the compact JSON text of an object.
 ///
 /// Its `Debug` hides the content, so it cannot reach a log by accident.
+/// Shared rather than copied: one event's data goes into every delivery.
 #[derive(Clone, PartialEq, Eq)]
-pub struct EventData(String);
+pub struct EventData(Arc<str>);
 
 impl EventData {
     pub fn as_json(&self) -> &str {
@@ -72,7 +73,7 @@ impl EventData {
 
     /// Wraps JSON text read back from the database.
     pub fn from_trusted(s: String) -> Self {
-        Self(s)
+        Self(Arc::from(s))
     }
 }
 
@@ -170,7 +171,7 @@ impl Catalog {
         if text.len() > max_bytes {
             return Err(DataError::TooLarge { limit: max_bytes });
         }
-        Ok(EventData(text))
+        Ok(EventData(Arc::from(text)))
     }
 }
 

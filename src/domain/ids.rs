@@ -35,6 +35,12 @@ macro_rules! id_type {
                 well_formed.then(|| Self(s.to_owned()))
             }
 
+            /// The smallest id that can be generated at or after `unix_ms`: every
+            /// id made earlier sorts below it.
+            pub fn first_at(unix_ms: i64) -> Self {
+                Self(format!("{}{:012x}{:020x}", $prefix, unix_ms.max(0), 0))
+            }
+
             /// Wraps a value read back from the database, which only ever holds ids
             /// this type generated.
             pub fn from_trusted(s: String) -> Self {
@@ -109,6 +115,16 @@ mod tests {
         }
         assert!(EventId::parse("evt_0193a5e0c6f27b5d8e6f1a2b3c4d5e6f").is_some());
         assert!(EventId::parse("evt_0193A5E0C6F27B5D8E6F1A2B3C4D5E6F").is_none());
+    }
+
+    #[test]
+    fn first_at_bounds_the_ids_of_an_instant() {
+        let before = EventId::generate();
+        let now = crate::domain::time::now_ms();
+        let bound = EventId::first_at(now + 1);
+        assert!(before < bound);
+        assert!(EventId::first_at(now + 2) > bound);
+        assert!(EventId::parse(bound.as_str()).is_some());
     }
 
     #[test]

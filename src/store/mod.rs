@@ -109,6 +109,16 @@ pub struct NewEvent {
     pub data: EventData,
     pub created_at: UnixMs,
     pub idempotency: Option<IdempotencyKey>,
+    /// When set, the deliveries are created already leased to this process's
+    /// worker, which gets them in memory instead of claiming them.
+    pub lease: Option<Lease>,
+}
+
+/// A lease on deliveries: who holds them and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub token: LeaseToken,
+    pub until: UnixMs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,9 +163,10 @@ pub struct Receipt {
     pub deliveries: Vec<DeliverySummary>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Ingested {
-    Created(Receipt),
+    /// With the deliveries leased to the caller, when `NewEvent::lease` was set.
+    Created { receipt: Receipt, leased: Vec<Claimed> },
     /// The key was seen within 24 h for the same request: the first answer.
     Replayed(Receipt),
     /// The key was seen within 24 h for a different request.
@@ -234,6 +245,8 @@ impl<T> Paged<T> {
 pub struct Claimed {
     pub id: DeliveryId,
     pub lease: LeaseToken,
+    /// When the lease expires; past it, another worker may take the delivery.
+    pub lease_until: UnixMs,
     pub project_id: ProjectId,
     pub event_id: EventId,
     pub event_name: String,
