@@ -9,4 +9,5 @@ mod delivery;
 mod events;
 mod health;
 mod logs;
+mod store;
 mod webhooks;
