@@ -174,9 +174,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with the test flags plus `extra` (later flags win) on `db`.
+    /// A server with the test flags plus `extra` (a flag given in `extra` replaces its test default) on `db`.
     pub async fn start(db: &TestDatabase, extra: &[&str]) -> Self {
-        let mut flags: Vec<String> = TEST_FLAGS.iter().map(|s| s.to_string()).collect();
+        // A flag in `extra` replaces the test default (clap takes each flag once).
+        let mut flags: Vec<String> =
+            TEST_FLAGS.chunks(2).filter(|pair| !extra.contains(&pair[0])).flatten().map(|s| s.to_string()).collect();
         flags.extend(db.flags());
         flags.extend(extra.iter().map(|s| s.to_string()));
         let settings = hookline::Settings::from_flags(flags).expect("valid test flags");
@@ -226,7 +228,7 @@ impl TestApp {
         Self::spawn_with(backend, &[]).await
     }
 
-    /// A server with the test flags plus `extra` (later flags win).
+    /// A server with the test flags plus `extra` (which replaces test defaults).
     pub async fn spawn_with(backend: &Backend, extra: &[&str]) -> Self {
         let db = Arc::new(TestDatabase::create(backend).await);
         let server = Server::start(&db, extra).await;

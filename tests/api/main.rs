@@ -9,5 +9,6 @@ mod delivery;
 mod events;
 mod health;
 mod logs;
+mod nodes;
 mod store;
 mod webhooks;
