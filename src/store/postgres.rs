@@ -110,10 +110,20 @@ impl PgStore {
 /// Sends one `NOTIFY` per batch of requests, until every store handle is gone.
 async fn announce_work(pool: PgPool, mut requests: mpsc::Receiver<()>) {
     while requests.recv().await.is_some() {
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&pool).await {
-            tracing::debug!(error = %e, "announcing new work failed; other workers will find it by polling");
+        if let Err(e) = notify_once(&pool).await {
+            tracing::warn!(error = %e, "announcing new work failed; other workers will find it by polling");
         }
     }
+}
+
+/// A `NOTIFY` that does not wait for its commit to reach disk (notifications
+/// are not durable anyway), which keeps PostgreSQL's lock for notifying
+/// commits held only briefly.
+async fn notify_once(pool: &PgPool) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 // Column lists as macros, so statements stay `&'static str` (`concat!`).
