@@ -11,10 +11,10 @@
 //! Workers in other processes learn about new work through `LISTEN/NOTIFY` on
 //! [`WORK_CHANNEL`]. The `NOTIFY` is sent right after the commit by a small
 //! task that coalesces: PostgreSQL serializes the commits of all transactions
-//! that notify (a database-wide lock taken at commit), so notifying inside
-//! every ingest would put a cluster-wide lock on the ingest path. One `NOTIFY`
-//! covers every commit that happened before it was sent; polling stays the
-//! backstop for a lost one.
+//! that notify (a lock on the whole cluster, held through the commit), so
+//! notifying inside every ingest would serialize ingest. One `NOTIFY` covers
+//! every commit that happened before it was sent; polling stays the backstop
+//! for a lost one.
 
 use std::str::FromStr as _;
 use std::sync::Arc;
