@@ -29,9 +29,13 @@ const HANDOFF_PER_SLOT: usize = 4;
 const PRUNE_BATCH: u32 = 500;
 
 /// Opens the database, applies migrations, and loads the vault key: what every
-/// subcommand that touches data needs.
-pub async fn open_store(database: &DatabaseUrl, secret_key: Option<&str>) -> anyhow::Result<(Store, Vault)> {
-    let store = Store::open(database).await?;
+/// subcommand that touches data needs. `max_connections` sizes the PostgreSQL pool.
+pub async fn open_store(
+    database: &DatabaseUrl,
+    secret_key: Option<&str>,
+    max_connections: u32,
+) -> anyhow::Result<(Store, Vault)> {
+    let store = Store::open(database, max_connections).await.context("opening the database")?;
     store.migrate().await.context("applying migrations")?;
     let vault = match (secret_key, database) {
         (Some(key), _) => Vault::from_base64(key).context("--secret-key")?,
@@ -52,6 +56,8 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     worker: Option<Worker>,
+    /// Wakes the worker; also woken by work committed in other processes.
+    work_ready: Arc<Notify>,
     store: Store,
     retention: Duration,
     prune_interval: Duration,
@@ -59,7 +65,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let (store, vault) = open_store(&settings.database, settings.secret_key.as_deref()).await?;
+        let (store, vault) =
+            open_store(&settings.database, settings.secret_key.as_deref(), settings.db_max_connections).await?;
         if settings.ssrf.dev {
             tracing::warn!(
                 "--dev: http and loopback targets are allowed; never run this where tenants can reach the API"
@@ -113,7 +120,7 @@ impl Application {
                 max_per_target: settings.max_per_target,
                 shutdown_grace: settings.shutdown_grace,
             };
-            Worker::new(store.clone(), vault, secrets, client, worker_settings, work_ready, handoff_rx)
+            Worker::new(store.clone(), vault, secrets, client, worker_settings, work_ready.clone(), handoff_rx)
         });
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
@@ -121,6 +128,7 @@ impl Application {
             listener,
             router,
             worker,
+            work_ready,
             store,
             retention: settings.retention,
             prune_interval: settings.prune_interval,
@@ -144,6 +152,13 @@ impl Application {
             }
         });
         tracing::info!(address = %self.local_addr(), "hookline is listening");
+        if self.worker.is_some() {
+            // Listening before the worker's first claim: nothing committed after it is missed.
+            self.store
+                .watch_for_work(self.work_ready.clone(), stop.clone())
+                .await
+                .context("listening for work from other processes")?;
+        }
         let worker = self.worker.map(|w| tokio::spawn(w.run(stop.clone())));
         let pruner = tokio::spawn(prune_forever(self.store.clone(), self.retention, self.prune_interval, stop.clone()));
         axum::serve(self.listener, self.router)

@@ -79,7 +79,23 @@ pub struct DatabaseArgs {
     /// no key, one is generated into `<database file>.key` on first start.
     #[arg(long, env = "HOOKLINE_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
+
+    /// PostgreSQL: most connections in this process's pool (one more listens
+    /// for new work). Small on purpose: every process takes up to this many of
+    /// the server's `max_connections` (100 on a stock install), and hookline's
+    /// statements are short and batched, so a few connections carry a lot.
+    #[arg(
+        long,
+        env = "HOOKLINE_DB_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_DB_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub db_max_connections: u32,
 }
+
+/// Ten per process leaves a stock PostgreSQL (100 connections) room for
+/// eight processes plus administration.
+pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 
 /// Flags of `hookline serve`.
 #[derive(Debug, Clone, Args)]
@@ -180,6 +196,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub database: DatabaseUrl,
     pub secret_key: Option<String>,
+    /// PostgreSQL pool size of this process.
+    pub db_max_connections: u32,
     pub role: Role,
     pub admin_token: Option<String>,
     pub ssrf: ssrf::Policy,
@@ -227,6 +245,7 @@ impl Settings {
             listen: a.listen,
             database: a.db.database_url,
             secret_key: a.db.secret_key,
+            db_max_connections: a.db.db_max_connections,
             role: a.role,
             admin_token: a.admin_token,
             ssrf: ssrf::Policy { dev: a.dev, allowed: a.allow_target_cidr, dns_timeout: a.connect_timeout },
@@ -278,6 +297,7 @@ mod tests {
         assert_eq!(s.retry.max_attempts, 10);
         assert_eq!(s.retry.schedule.len(), 9);
         assert_eq!(s.role, Role::All);
+        assert_eq!(s.db_max_connections, DEFAULT_DB_MAX_CONNECTIONS);
     }
 
     #[test]
@@ -290,6 +310,7 @@ mod tests {
         assert!(err(&["--database-url", "mysql://x"]).contains("database"));
         assert!(err(&["--database-url", "sqlite::memory:"]).contains("file path"));
         assert!(err(&["--admin-token", "short"]).contains("--admin-token"));
+        assert!(err(&["--db-max-connections", "0"]).contains("--db-max-connections"));
         assert!(err(&["--event-catalog", "/nonexistent.json"]).contains("--event-catalog"));
         assert!(err(&["--prune-interval", "0s"]).contains("--prune-interval"));
     }

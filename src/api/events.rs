@@ -208,8 +208,15 @@ async fn ingest(
     });
     let now = now_ms();
     let lease = app.handoff.as_ref().and_then(|h| h.lease(now));
-    let event =
-        NewEvent { id: EventId::generate(), project_id: project, name, data, created_at: now, idempotency, lease };
+    let event = NewEvent {
+        id: EventId::generate_at(now),
+        project_id: project,
+        name,
+        data,
+        created_at: now,
+        idempotency,
+        lease,
+    };
     match app.store.ingest(event).await? {
         Ingested::Created { receipt, leased } => {
             ::metrics::counter!("hookline_events_accepted_total", "event" => receipt.event_name.clone()).increment(1);

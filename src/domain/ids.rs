@@ -27,6 +27,13 @@ macro_rules! id_type {
                 Self(format!("{}{}", $prefix, Uuid::now_v7().simple()))
             }
 
+            /// A fresh id whose time part is `unix_ms`, for objects whose
+            /// creation time is stored beside the id: the two then agree.
+            pub fn generate_at(unix_ms: i64) -> Self {
+                let ts = uuid::Timestamp::from_unix(uuid::NoContext, (unix_ms / 1000) as u64, ((unix_ms % 1000) * 1_000_000) as u32);
+                Self(format!("{}{}", $prefix, Uuid::new_v7(ts).simple()))
+            }
+
             /// Accepts only a well-formed id of this kind.
             pub fn parse(s: &str) -> Option<Self> {
                 let rest = s.strip_prefix($prefix)?;

@@ -11,9 +11,14 @@
 //! any transaction open, and [`Backend::complete`] with a guarded update that
 //! only applies while their lease is still the current one.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ApiKeyHash, ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, UnixMs, WebhookId};
 
@@ -163,7 +168,7 @@ pub struct Receipt {
     pub deliveries: Vec<DeliverySummary>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
     /// With the deliveries leased to the caller, when `NewEvent::lease` was set.
     Created { receipt: Receipt, leased: Vec<Claimed> },
@@ -241,7 +246,7 @@ impl<T> Paged<T> {
 }
 
 /// A delivery a worker holds: everything needed to send it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub id: DeliveryId,
     pub lease: LeaseToken,
@@ -402,24 +407,38 @@ pub trait Backend: Send + Sync {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
         }
     };
 }
 
 impl Store {
-    /// Opens the database named by `url` (without migrating).
-    pub async fn open(url: &crate::config::DatabaseUrl) -> anyhow::Result<Self> {
+    /// Opens the database named by `url` (without migrating). With
+    /// PostgreSQL, `max_connections` bounds this process's connection pool.
+    pub async fn open(url: &crate::config::DatabaseUrl, max_connections: u32) -> anyhow::Result<Self> {
         match url {
             crate::config::DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(sqlite::SqliteStore::open(path)?)),
-            crate::config::DatabaseUrl::Postgres(_) => {
-                anyhow::bail!("PostgreSQL support is not built yet; use sqlite://")
+            crate::config::DatabaseUrl::Postgres(url) => {
+                Ok(Self::Postgres(postgres::PgStore::connect(url, max_connections).await?))
             }
+        }
+    }
+
+    /// Wakes `work_ready` when another process commits work, until `stop`.
+    /// Returns once it is listening, so a worker started afterwards misses
+    /// nothing. PostgreSQL listens on a channel that ingest and manual retries
+    /// notify; SQLite has no other process that ingests, so nothing to do.
+    pub async fn watch_for_work(&self, work_ready: Arc<Notify>, stop: CancellationToken) -> Result<()> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(s) => s.watch_for_work(work_ready, stop).await,
         }
     }
 }

@@ -60,7 +60,8 @@ backend_tests! {
     async fn the_cli_creates_a_project_and_prints_its_credentials_once(backend) {
         let app = TestApp::spawn(&backend).await;
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-            .args(["project", "create", "--name", "from the cli", "--database-url", &app.database_url])
+            .args(["project", "create", "--name", "from the cli"])
+            .args(app.database_flags())
             .output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let printed: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -22,16 +22,120 @@ pub const PATIENCE: Duration = Duration::from_secs(15);
 /// Admin token of every test server.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// Where the PostgreSQL variant of each test connects to create its database;
+/// unset, those variants are skipped.
+pub const POSTGRES_URL_VAR: &str = "HOOKLINE_TEST_POSTGRES_URL";
+
 /// Which store a test runs against.
 #[derive(Debug, Clone)]
 pub enum Backend {
     Sqlite,
+    /// A server URL with rights to create databases; each test gets its own.
+    Postgres(String),
 }
 
-/// A fresh, empty database for one test; files go in `dir`.
-pub fn database_url_in(backend: &Backend, dir: &std::path::Path) -> String {
-    match backend {
-        Backend::Sqlite => format!("sqlite://{}", dir.join("hookline.db").display()),
+impl Backend {
+    /// The PostgreSQL backend, when `HOOKLINE_TEST_POSTGRES_URL` is set.
+    pub fn postgres() -> Option<Self> {
+        std::env::var(POSTGRES_URL_VAR).ok().filter(|u| !u.is_empty()).map(Self::Postgres)
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+}
+
+/// Says that a PostgreSQL test did not run, and why.
+pub fn skipped_without_postgres() {
+    eprintln!(
+        "skipped: set {POSTGRES_URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run it on PostgreSQL"
+    );
+}
+
+/// A fresh, empty database for one test, removed when dropped: a file in a
+/// temporary directory for SQLite, a database of its own for PostgreSQL.
+pub struct TestDatabase {
+    pub url: String,
+    /// `--secret-key` for every server on this database: required with
+    /// PostgreSQL (nodes share it); SQLite keeps its key beside the file.
+    pub secret_key: Option<String>,
+    pub dir: tempfile::TempDir,
+    /// PostgreSQL: the server URL and the database to drop afterwards.
+    drop_on: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: &Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.path().join("hookline.db").display()),
+                secret_key: None,
+                dir,
+                drop_on: None,
+            },
+            Backend::Postgres(server) => {
+                use sqlx::Connection as _;
+                let name = format!("hookline_test_{}", uuid::Uuid::now_v7().simple());
+                let mut admin = sqlx::PgConnection::connect(server).await.expect("PostgreSQL answers");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+                    .execute(&mut admin)
+                    .await
+                    .expect("a test database can be created");
+                admin.close().await.ok();
+                let mut url = url::Url::parse(server).expect("a valid PostgreSQL URL");
+                url.set_path(&name);
+                Self {
+                    url: url.to_string(),
+                    secret_key: Some(hookline::vault::Vault::generate_key()),
+                    dir,
+                    drop_on: Some((server.clone(), name)),
+                }
+            }
+        }
+    }
+
+    /// `--database-url` and, when there is one, `--secret-key`: what every
+    /// process on this database is started with.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = vec!["--database-url".to_owned(), self.url.clone()];
+        if let Some(key) = &self.secret_key {
+            flags.extend(["--secret-key".to_owned(), key.clone()]);
+        }
+        flags
+    }
+
+    /// Opens and migrates a store on this database, as a server would.
+    pub async fn store(&self) -> hookline::store::Store {
+        use hookline::store::Backend as _;
+        let url = hookline::config::DatabaseUrl::parse(&self.url).unwrap();
+        let store = hookline::store::Store::open(&url, 10).await.expect("the database opens");
+        store.migrate().await.expect("migrations apply");
+        store
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.drop_on.take() else { return };
+        // Drop runs inside the test's runtime, which cannot be blocked on from
+        // within; a thread with a runtime of its own does the async work.
+        // FORCE ends the connections servers of this test may still hold.
+        let dropped = std::thread::spawn(move || {
+            use sqlx::Connection as _;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&server).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop a test database: {dropped:?}");
+        }
     }
 }
 
@@ -57,11 +161,60 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub project: Project,
-    /// The database (and key file) live here; dropped with the app.
-    pub dir: tempfile::TempDir,
     pub database_url: String,
+    server: Server,
+    /// Dropped after the server, with the app.
+    pub db: Arc<TestDatabase>,
+}
+
+/// One running server, in this process.
+pub struct Server {
+    pub base: String,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    /// A server with the test flags plus `extra` (a flag given in `extra` replaces its test default) on `db`.
+    pub async fn start(db: &TestDatabase, extra: &[&str]) -> Self {
+        // A flag in `extra` replaces the default (clap takes each flag once),
+        // the database's own flags included (e.g. a wrong --secret-key).
+        let defaults: Vec<String> = TEST_FLAGS.iter().map(|s| s.to_string()).chain(db.flags()).collect();
+        let mut flags: Vec<String> =
+            defaults.chunks(2).filter(|pair| !extra.contains(&pair[0].as_str())).flatten().cloned().collect();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let settings = hookline::Settings::from_flags(flags).expect("valid test flags");
+        let app = hookline::Application::build(settings).await.expect("the app builds");
+        let base = format!("http://{}", app.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self { base, stop: Some(stop), done: Some(done) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Stops the server the way SIGTERM does, and waits until it has.
+    pub async fn stop(mut self) {
+        self.stop_here().await;
+    }
+
+    /// Stops the server and waits, leaving a value that only drops.
+    async fn stop_here(&mut self) {
+        self.stop.take().unwrap().send(()).ok();
+        self.done.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// A project as the admin API returned it.
@@ -82,8 +235,8 @@ impl TestApp {
         Self::spawn_with(backend, &[]).await
     }
 
-    /// A server with the test flags plus `extra` (repeatable flags add up;
-    /// a single-valued flag of the test set cannot be given again).
+    /// A server with the test flags plus `extra` (a flag given in `extra`
+    /// replaces its test default; repeatable flags add up).
     pub async fn spawn_with(backend: &Backend, extra: &[&str]) -> Self {
         let flags: Vec<&str> = ALLOW_LOOPBACK.iter().chain(extra).copied().collect();
         Self::spawn_strict(backend, &flags).await
@@ -92,22 +245,33 @@ impl TestApp {
     /// A server with the test flags but no target range allowed, plus `extra`:
     /// the address policy as an operator gets it out of the box.
     pub async fn spawn_strict(backend: &Backend, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let database_url = database_url_in(backend, dir.path());
-        let (base, stop, done) = serve(&database_url, extra).await;
+        let db = Arc::new(TestDatabase::create(backend).await);
+        let server = Server::start(&db, extra).await;
         let http = http_client();
-        let project = create_project(&http, &base, "test project").await;
-        Self { base, http, project, dir, database_url, stop: Some(stop), done: Some(done) }
+        let project = create_project(&http, &server.base, "test project").await;
+        Self { base: server.base.clone(), http, project, database_url: db.url.clone(), server, db }
+    }
+
+    /// Another server on the same database (another node), with the test
+    /// flags plus `extra`, such as `--role worker`.
+    pub async fn spawn_peer(&self, extra: &[&str]) -> Server {
+        let flags: Vec<&str> = ALLOW_LOOPBACK.iter().chain(extra).copied().collect();
+        Server::start(&self.db, &flags).await
+    }
+
+    /// `--database-url` (and `--secret-key` where needed) of this app's database,
+    /// for running `hookline` commands on it.
+    pub fn database_flags(&self) -> Vec<String> {
+        self.db.flags()
     }
 
     /// Stops this server and starts another on the same database (and key
     /// file) with the test flags plus `extra`, and no target range allowed
     /// unless `extra` allows one. The project and its credentials carry over.
     pub async fn restart_with(&mut self, extra: &[&str]) {
-        self.stop.take().unwrap().send(()).ok();
-        self.done.take().unwrap().await.unwrap().unwrap();
-        let (base, stop, done) = serve(&self.database_url, extra).await;
-        (self.base, self.stop, self.done) = (base, Some(stop), Some(done));
+        self.server.stop_here().await;
+        self.server = Server::start(&self.db, extra).await;
+        self.base = self.server.base.clone();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -170,42 +334,9 @@ impl TestApp {
     }
 
     /// Stops the server the way SIGTERM does, and waits until it has.
-    pub async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).ok();
-        self.done.take().unwrap().await.unwrap().unwrap();
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// Starts a server on `database_url` with the test flags plus `extra`.
-async fn serve(
-    database_url: &str,
-    extra: &[&str],
-) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    // A flag given in `extra` replaces the test default of the same name.
-    let mut flags: Vec<String> = Vec::new();
-    for pair in TEST_FLAGS.chunks(2) {
-        if !extra.contains(&pair[0]) {
-            flags.extend(pair.iter().map(|s| s.to_string()));
-        }
-    }
-    flags.extend(["--database-url".to_owned(), database_url.to_owned()]);
-    flags.extend(extra.iter().map(|s| s.to_string()));
-    let settings = hookline::Settings::from_flags(flags).expect("valid test flags");
-    let app = hookline::Application::build(settings).await.expect("the app builds");
-    let base = format!("http://{}", app.local_addr());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    (base, stop, done)
 }
 
 pub async fn create_project(http: &reqwest::Client, base: &str, name: &str) -> Project {
@@ -421,7 +552,9 @@ pub fn problem_fields(problem: &Value) -> Vec<String> {
     problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
 }
 
-/// Runs each test function once per backend, as `sqlite::name`.
+/// Runs each test function once per backend, as `sqlite::name` and
+/// `postgres::name`; the latter is skipped, saying so, when
+/// `HOOKLINE_TEST_POSTGRES_URL` is not set.
 #[macro_export]
 macro_rules! backend_tests {
     ($( $(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block )*) => {
@@ -432,6 +565,18 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match $crate::helpers::Backend::postgres() {
+                        Some(backend) => super::$name(backend).await,
+                        None => $crate::helpers::skipped_without_postgres(),
+                    }
                 }
             )*
         }

@@ -13,6 +13,7 @@ mod events;
 mod health;
 mod logs;
 mod metrics;
+mod nodes;
 mod openapi;
 mod recovery;
 mod retries;

@@ -13,28 +13,28 @@ use crate::process::ServerProcess;
 
 /// Flags for process tests: a short lease so a crashed worker's deliveries
 /// are taken over within seconds (the lease must outlast a request).
-fn process_flags(db: &str) -> Vec<String> {
-    [
-        "--database-url",
-        db,
-        "--admin-token",
-        ADMIN_TOKEN,
-        "--allow-target-cidr",
-        "127.0.0.1/32",
-        "--lease",
-        "2s",
-        "--request-timeout",
-        "1s",
-        "--connect-timeout",
-        "500ms",
-        "--retry-schedule",
-        "50ms",
-        "--poll-interval",
-        "100ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+fn process_flags(db: &TestDatabase) -> Vec<String> {
+    let mut flags = db.flags();
+    flags.extend(
+        [
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--allow-target-cidr",
+            "127.0.0.1/32",
+            "--lease",
+            "2s",
+            "--request-timeout",
+            "1s",
+            "--connect-timeout",
+            "500ms",
+            "--retry-schedule",
+            "50ms",
+            "--poll-interval",
+            "100ms",
+        ]
+        .map(String::from),
+    );
+    flags
 }
 
 fn start(flags: &[String], extra: &[&str]) -> ServerProcess {
@@ -65,8 +65,8 @@ fn arrivals(receiver: &Receiver) -> HashMap<String, usize> {
 
 backend_tests! {
     async fn every_accepted_event_is_delivered_after_a_kill_9_during_ingest_and_delivery(backend) {
-        let dir = tempfile::tempdir().unwrap();
-        let flags = process_flags(&database_url_in(&backend, dir.path()));
+        let db = TestDatabase::create(&backend).await;
+        let flags = process_flags(&db);
         let receiver = Arc::new(Receiver::start().await);
         // Slow answers keep deliveries in flight when the process dies.
         receiver.always(Reply::status(200).after(Duration::from_millis(200)));
@@ -138,8 +138,8 @@ backend_tests! {
     }
 
     async fn sigterm_lets_an_in_flight_delivery_finish_and_exits_0(backend) {
-        let dir = tempfile::tempdir().unwrap();
-        let flags = process_flags(&database_url_in(&backend, dir.path()));
+        let db = TestDatabase::create(&backend).await;
+        let flags = process_flags(&db);
         let receiver = Receiver::start().await;
         receiver.always(Reply::status(200).after(Duration::from_millis(700)));
         let server = start(&flags, &["--shutdown-grace", "10s"]);
@@ -164,9 +164,9 @@ backend_tests! {
     }
 
     async fn sigterm_gives_back_deliveries_that_outlast_the_grace_period(backend) {
-        let dir = tempfile::tempdir().unwrap();
+        let db = TestDatabase::create(&backend).await;
         // A long lease: only a give-back can explain a prompt redelivery.
-        let mut flags = process_flags(&database_url_in(&backend, dir.path()));
+        let mut flags = process_flags(&db);
         let lease = flags.iter().position(|f| f == "--lease").unwrap();
         flags[lease + 1] = "120s".into();
         let receiver = Receiver::start().await;

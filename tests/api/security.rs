@@ -53,6 +53,12 @@ fn hookline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hookline")).args(args).output().unwrap()
 }
 
+/// `hookline` with `args` on the app's database (`--database-url`, plus the
+/// `--secret-key` PostgreSQL needs).
+fn hookline_on(app: &TestApp, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hookline")).args(args).args(app.database_flags()).output().unwrap()
+}
+
 /// `hookline serve` as a child process, with everything it prints kept.
 struct ServerProcess {
     child: std::process::Child,
@@ -308,7 +314,7 @@ backend_tests! {
         app.add_webhook("order.paid", &receiver.url("/")).await;
         let rotated: Value = app.post("/v1/signing-secret/rotate", &json!({})).send().await.unwrap().json().await.unwrap();
         let new_secret = rotated["signing_secret"].as_str().unwrap().to_owned();
-        let extra = hookline(&["project", "create-key", "--project", &app.project.id, "--database-url", &app.database_url]);
+        let extra = hookline_on(&app, &["project", "create-key", "--project", &app.project.id]);
         assert!(extra.status.success(), "{}", String::from_utf8_lossy(&extra.stderr));
         let extra: Value = serde_json::from_slice(&extra.stdout).unwrap();
         let extra_key = extra["api_key"].as_str().unwrap().to_owned();
@@ -328,27 +334,41 @@ backend_tests! {
             forbidden.push((format!("API key {key}"), key.as_bytes().to_vec()));
             forbidden.push((format!("API key body {key}"), key.as_bytes()["hlk_".len()..].to_vec()));
         }
-        let db = app.dir.path().join("hookline.db");
-        let mut on_disk = Vec::new();
-        for suffix in ["", "-wal", "-shm"] {
-            let path = format!("{}{suffix}", db.display());
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            for (what, needle) in &forbidden {
-                assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_slice()), "{path} contains the {what}");
+        // Everything the database holds: its files for SQLite, a data dump for PostgreSQL.
+        let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
+        if backend.is_postgres() {
+            let dump = Command::new("pg_dump").args(["--data-only", &app.database_url]).output().unwrap();
+            assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+            stored.push(("the PostgreSQL data".into(), dump.stdout));
+        } else {
+            let db = app.db.dir.path().join("hookline.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let path = format!("{}{suffix}", db.display());
+                if let Ok(bytes) = std::fs::read(&path) {
+                    stored.push((path, bytes));
+                }
             }
-            on_disk.extend(bytes);
         }
-        // The keys are there, as SHA-256 hashes.
+        for (place, bytes) in &stored {
+            for (what, needle) in &forbidden {
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_slice()), "{place} contains the {what}");
+            }
+        }
+        // The keys are there, as SHA-256 hashes (raw in SQLite's pages, hex in a dump).
         use sha2::Digest as _;
         for key in [&app.project.api_key, &extra_key] {
             let hash = sha2::Sha256::digest(key.as_bytes());
-            assert!(on_disk.windows(32).any(|w| w == hash.as_slice()), "no hash of {key} was stored");
+            let hex = hex::encode(hash);
+            let found = stored.iter().any(|(_, bytes)| {
+                bytes.windows(32).any(|w| w == hash.as_slice()) || bytes.windows(64).any(|w| w == hex.as_bytes())
+            });
+            assert!(found, "no hash of {key} was stored");
         }
 
         #[cfg(unix)]
-        {
+        if !backend.is_postgres() {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(app.dir.path().join("hookline.db.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(app.db.dir.path().join("hookline.db.key")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "the key file is readable by others: {mode:o}");
         }
 
@@ -375,9 +395,8 @@ backend_tests! {
 
     async fn an_api_key_works_until_it_is_revoked_and_the_others_keep_working(backend) {
         let app = TestApp::spawn(&backend).await;
-        let db = app.database_url.as_str();
         let project = app.project.id.as_str();
-        let created = hookline(&["project", "create-key", "--project", project, "--database-url", db]);
+        let created = hookline_on(&app, &["project", "create-key", "--project", project]);
         assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
         let created: Value = serde_json::from_slice(&created.stdout).unwrap();
         let (key_id, key) = (created["id"].as_str().unwrap(), created["api_key"].as_str().unwrap());
@@ -389,7 +408,7 @@ backend_tests! {
         assert_eq!(status_with(key.to_owned()).await, 200);
 
         // Listing shows ids and prefixes, never keys.
-        let listed = hookline(&["project", "keys", "--project", project, "--database-url", db]);
+        let listed = hookline_on(&app, &["project", "keys", "--project", project]);
         assert!(listed.status.success());
         let listed_text = String::from_utf8(listed.stdout).unwrap();
         assert!(!listed_text.contains(key) && !listed_text.contains(&app.project.api_key));
@@ -401,10 +420,10 @@ backend_tests! {
 
         // Another project cannot revoke this project's key.
         let other = app.other_project().await;
-        let foreign = hookline(&["project", "revoke-key", "--project", &other.id, "--key", &first_key_id, "--database-url", db]);
+        let foreign = hookline_on(&app, &["project", "revoke-key", "--project", &other.id, "--key", &first_key_id]);
         assert!(!foreign.status.success());
 
-        let revoked = hookline(&["project", "revoke-key", "--project", project, "--key", key_id, "--database-url", db]);
+        let revoked = hookline_on(&app, &["project", "revoke-key", "--project", project, "--key", key_id]);
         assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
         // The running server trusts a cached key for at most 5 s.
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -414,7 +433,7 @@ backend_tests! {
         }
         assert_eq!(status_with(app.project.api_key.clone()).await, 200);
         assert_eq!(status_with(other.api_key.clone()).await, 200);
-        let twice = hookline(&["project", "revoke-key", "--project", project, "--key", key_id, "--database-url", db]);
+        let twice = hookline_on(&app, &["project", "revoke-key", "--project", project, "--key", key_id]);
         assert!(!twice.status.success());
     }
 

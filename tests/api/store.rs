@@ -1,133 +1,392 @@
-//! The store's time-driven parts, tested at the store level with `now` as an
-//! input: retention pruning (days) and queue statistics (leases). The data is
-//! made through the API of a running server; the store is then opened beside it.
+//! The store contract, checked on every backend: the queue's leases and
+//! guards, idempotent ingest, pruning and counts. These call
+//! `hookline::store` directly and pass `now` explicitly, so no test races a
+//! wall clock.
 
-use std::time::Duration;
+use std::collections::HashSet;
 
-use hookline::config::DatabaseUrl;
-use hookline::domain::time::now_ms;
-use hookline::store::{Backend as _, Store};
-use serde_json::json;
+use hookline::domain::{ApiKey, ApiKeyId, EventData, EventId, EventName, ProjectId, WebhookId};
+use hookline::store::{
+    Attempt, Backend as _, Completion, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested, NewApiKey, NewEvent, NextState,
+    Project, QueueStats, Receipt, Store, Webhook,
+};
 
 use crate::backend_tests;
 use crate::helpers::*;
 
-const DAY_MS: i64 = 86_400_000;
+/// An arbitrary fixed instant (2027-01-15): every time in these tests is relative to it.
+const T: i64 = 1_800_000_000_000;
+const MINUTE: i64 = 60_000;
+const DAY: i64 = 24 * 60 * MINUTE;
 
-async fn open_store(app: &TestApp) -> Store {
-    let store = Store::open(&DatabaseUrl::parse(&app.database_url).unwrap()).await.unwrap();
-    store.migrate().await.unwrap();
-    store
+/// A migrated store with one project and one active webhook for `order.paid`.
+struct Fixture {
+    store: Store,
+    project: ProjectId,
+    webhook: WebhookId,
+    db: TestDatabase,
 }
 
-/// Rows of `delivery_attempts` of these deliveries (SQLite only; other
-/// backends answer `None`).
-fn attempt_rows(app: &TestApp, backend: &Backend, deliveries: &[String]) -> Option<usize> {
-    match backend {
-        Backend::Sqlite => {
-            let path = app.database_url.strip_prefix("sqlite://").unwrap();
-            let conn = rusqlite::Connection::open(path).unwrap();
-            Some(
-                deliveries
-                    .iter()
-                    .map(|id| {
-                        conn.query_row("SELECT COUNT(*) FROM delivery_attempts WHERE delivery_id = ?1", [id], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .unwrap() as usize
-                    })
-                    .sum(),
-            )
-        }
+async fn fixture(backend: &Backend) -> Fixture {
+    let db = TestDatabase::create(backend).await;
+    let store = db.store().await;
+    let project = new_project(&store).await;
+    let webhook = new_webhook(&store, &project, "order.paid").await;
+    Fixture { store, project, webhook, db }
+}
+
+async fn new_project(store: &Store) -> ProjectId {
+    let project = Project { id: ProjectId::generate(), name: "p".into(), created_at: T - DAY * 30 };
+    let key = ApiKey::generate();
+    let record = NewApiKey { id: ApiKeyId::generate(), hash: key.hash(), prefix: key.display_prefix(), created_at: T };
+    store.create_project(project.clone(), record, vec![1, 2, 3]).await.unwrap();
+    project.id
+}
+
+async fn new_webhook(store: &Store, project: &ProjectId, event: &str) -> WebhookId {
+    let id = WebhookId::generate();
+    store
+        .create_webhook(Webhook {
+            id: id.clone(),
+            project_id: project.clone(),
+            event: event.into(),
+            target_url: "https://example.com/hook".into(),
+            is_active: true,
+            created_at: T - DAY * 30,
+            updated_at: T - DAY * 30,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn event(project: &ProjectId, name: &str, at: i64) -> NewEvent {
+    NewEvent {
+        id: EventId::generate_at(at),
+        project_id: project.clone(),
+        name: EventName::from_trusted(name),
+        data: EventData::from_trusted(r#"{"order_id":"o"}"#.into()),
+        created_at: at,
+        idempotency: None,
+        lease: None,
+    }
+}
+
+fn keyed(mut e: NewEvent, key: &str, fingerprint: u8) -> NewEvent {
+    e.idempotency = Some(IdempotencyKey { key: key.into(), fingerprint: [fingerprint; 32] });
+    e
+}
+
+async fn ingest_created(store: &Store, e: NewEvent) -> Receipt {
+    match store.ingest(e).await.unwrap() {
+        Ingested::Created { receipt, .. } => receipt,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+/// Ingests an `order.paid` event at `at` and returns its one delivery's id.
+async fn delivery_at(f: &Fixture, at: i64) -> hookline::domain::DeliveryId {
+    let receipt = ingest_created(&f.store, event(&f.project, "order.paid", at)).await;
+    assert_eq!(receipt.deliveries.len(), 1);
+    receipt.deliveries[0].id.clone()
+}
+
+fn attempt(number: u32, at: i64, code: u16) -> Attempt {
+    Attempt {
+        number,
+        started_at: at,
+        duration_ms: 12,
+        response_code: Some(code),
+        error_class: None,
+        error: None,
+        response_body: Some("ok".into()),
+    }
+}
+
+fn sent(c: &hookline::store::Claimed, at: i64) -> Completion {
+    Completion {
+        id: c.id.clone(),
+        lease: c.lease,
+        next: NextState::Sent,
+        attempt: Some(attempt(c.attempts + 1, at, 200)),
+        target_url: None,
+        last_error: None,
+        deactivate_webhook: false,
+    }
+}
+
+/// Rows in a table, read directly from the database: what pruning left behind.
+async fn count_rows(db: &TestDatabase, table: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM {table}");
+    if let Some(path) = db.url.strip_prefix("sqlite://") {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+    } else {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut conn).await.unwrap()
     }
 }
 
 backend_tests! {
-    async fn pruning_deletes_old_events_with_their_deliveries_and_attempts_in_batches_and_keeps_pending_ones(backend) {
-        let app = TestApp::spawn(&backend).await;
-        let ok = Receiver::start().await;
-        // "Retry in an hour" keeps the order.paid delivery pending.
-        let down = Receiver::start().await;
-        down.always(Reply::status(429).header("retry-after", "3600"));
-        app.add_webhook("order.created", &ok.url("/ok")).await;
-        app.add_webhook("order.paid", &down.url("/down")).await;
-        let mut done_events = Vec::new();
-        let mut done_deliveries = Vec::new();
-        for i in 0..5 {
-            let receipt = app.send_event("order.created", json!({"order_id": format!("ord_{i}")})).await;
-            done_events.push(receipt["id"].as_str().unwrap().to_owned());
-            done_deliveries.push(receipt["deliveries"][0]["id"].as_str().unwrap().to_owned());
-        }
-        let pending = app.send_event("order.paid", json!({"order_id": "ord_9"})).await;
-        let pending_delivery = pending["deliveries"][0]["id"].as_str().unwrap().to_owned();
-        for id in &done_deliveries {
-            app.wait_for_status(id, "sent").await;
-        }
-        down.wait_for(1).await;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while app.log(&pending_delivery).await["attempts"] != 1 {
-            assert!(tokio::time::Instant::now() < deadline, "the first attempt was never recorded");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Some(rows) = attempt_rows(&app, &backend, &done_deliveries) {
-            assert_eq!(rows, 5);
-        }
+    async fn a_claim_leases_due_deliveries_oldest_due_first_and_skips_leased_ones(backend) {
+        let f = fixture(&backend).await;
+        let second = delivery_at(&f, T + 2).await;
+        let first = delivery_at(&f, T + 1).await;
+        let third = delivery_at(&f, T + 3).await;
+        let not_due = delivery_at(&f, T + MINUTE).await;
 
-        // 31 days from now, with 30 days of retention, everything is old.
-        let store = open_store(&app).await;
-        let now = now_ms() + 31 * DAY_MS;
-        let before = now - 30 * DAY_MS;
-        let mut batches = Vec::new();
-        loop {
-            let deleted = store.prune(before, now, 2).await.unwrap();
-            batches.push(deleted);
-            if deleted < 2 {
-                break;
+        let claimed = f.store.claim(T + 10, T + 10 + MINUTE, 1).await.unwrap();
+        assert_eq!(claimed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&first]);
+        assert_eq!(claimed[0].project_id, f.project);
+        assert_eq!(claimed[0].webhook_id, f.webhook);
+        assert_eq!(claimed[0].webhook, Some(("https://example.com/hook".into(), true)));
+        assert_eq!(claimed[0].event_name, "order.paid");
+        assert_eq!(claimed[0].data.as_json(), r#"{"order_id":"o"}"#);
+        assert_eq!(claimed[0].attempts, 0);
+
+        let rest = f.store.claim(T + 10, T + 10 + MINUTE, 10).await.unwrap();
+        let rest: HashSet<_> = rest.into_iter().map(|c| c.id).collect();
+        assert_eq!(rest, HashSet::from([second, third]));
+        assert!(!rest.contains(&not_due));
+        assert!(f.store.claim(T + 20, T + 20 + MINUTE, 10).await.unwrap().is_empty(), "leased rows are skipped");
+    }
+
+    async fn an_expired_lease_is_claimed_again_with_a_new_token(backend) {
+        let f = fixture(&backend).await;
+        let id = delivery_at(&f, T).await;
+        let first = f.store.claim(T, T + 1000, 10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(f.store.claim(T + 999, T + 2000, 10).await.unwrap().is_empty());
+        let again = f.store.claim(T + 1000, T + 2000, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, id);
+        assert_ne!(again[0].lease, first[0].lease);
+    }
+
+    async fn a_completion_with_a_stale_lease_is_ignored(backend) {
+        let f = fixture(&backend).await;
+        let id = delivery_at(&f, T).await;
+        let stale = f.store.claim(T, T + 1000, 10).await.unwrap().remove(0);
+        let current = f.store.claim(T + 1000, T + 2000, 10).await.unwrap().remove(0);
+
+        assert_eq!(f.store.complete(vec![sent(&stale, T + 1500)], T + 1500).await.unwrap(), 0);
+        let (log, attempts) = f.store.get_log(f.project.clone(), id.clone()).await.unwrap().unwrap();
+        assert_eq!(log.status.as_str(), "pending");
+        assert_eq!(log.attempts, 0);
+        assert!(attempts.is_empty());
+
+        assert_eq!(f.store.complete(vec![sent(&current, T + 1600)], T + 1600).await.unwrap(), 1);
+        let (log, attempts) = f.store.get_log(f.project.clone(), id).await.unwrap().unwrap();
+        assert_eq!(log.status.as_str(), "sent");
+        assert_eq!((log.attempts, log.response_code, log.next_attempt_at), (1, Some(200), None));
+        assert_eq!(attempts, vec![attempt(1, T + 1600, 200)]);
+    }
+
+    async fn a_batch_of_completions_records_each_outcome(backend) {
+        let f = fixture(&backend).await;
+        for at in [T, T + 1, T + 2] {
+            delivery_at(&f, at).await;
+        }
+        let claimed = f.store.claim(T + 5, T + MINUTE, 10).await.unwrap();
+        assert_eq!(claimed.len(), 3);
+        let retry = Completion {
+            next: NextState::RetryAt(T + 500),
+            attempt: Some(attempt(1, T + 6, 503)),
+            last_error: Some("the receiver answered HTTP 503".into()),
+            ..sent(&claimed[1], T + 6)
+        };
+        let gone = Completion {
+            next: NextState::Failed,
+            attempt: Some(attempt(1, T + 6, 410)),
+            last_error: Some("the receiver answered HTTP 410".into()),
+            deactivate_webhook: true,
+            ..sent(&claimed[2], T + 6)
+        };
+        let applied = f.store.complete(vec![sent(&claimed[0], T + 6), retry, gone], T + 7).await.unwrap();
+        assert_eq!(applied, 3);
+
+        let status = |i: usize| {
+            let id = claimed[i].id.clone();
+            let store = f.store.clone();
+            let project = f.project.clone();
+            async move { store.get_log(project, id).await.unwrap().unwrap().0 }
+        };
+        assert_eq!(status(0).await.status.as_str(), "sent");
+        let retried = status(1).await;
+        assert_eq!((retried.status.as_str(), retried.next_attempt_at, retried.attempts), ("pending", Some(T + 500), 1));
+        assert_eq!(retried.last_error.as_deref(), Some("the receiver answered HTTP 503"));
+        assert_eq!(status(2).await.status.as_str(), "failed");
+        let webhook = f.store.get_webhook(f.project.clone(), f.webhook.clone()).await.unwrap().unwrap();
+        assert!(!webhook.is_active, "a 410 deactivates the webhook");
+
+        let again = f.store.claim(T + 500, T + MINUTE, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].attempts, again[0].webhook.clone()), (1, Some(("https://example.com/hook".into(), false))));
+    }
+
+    async fn concurrent_claims_never_hand_out_one_delivery_twice(backend) {
+        let f = fixture(&backend).await;
+        let mut all = HashSet::new();
+        for i in 0..200 {
+            all.insert(delivery_at(&f, T + i % 7).await);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let store = f.store.clone();
+            tasks.spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim(T + 10, T + MINUTE, 7).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| c.id));
+                }
+            });
+        }
+        let mut claimed = Vec::new();
+        while let Some(mine) = tasks.join_next().await {
+            claimed.extend(mine.unwrap());
+        }
+        let unique: HashSet<_> = claimed.iter().cloned().collect();
+        assert_eq!(unique.len(), claimed.len(), "a delivery was claimed twice");
+        assert_eq!(unique, all);
+    }
+
+    async fn a_manual_retry_cancels_the_lease(backend) {
+        let f = fixture(&backend).await;
+        let id = delivery_at(&f, T).await;
+        let held = f.store.claim(T, T + MINUTE, 10).await.unwrap().remove(0);
+
+        let log = f.store.retry_delivery(f.project.clone(), id.clone(), T + 5).await.unwrap().unwrap();
+        assert_eq!((log.status.as_str(), log.next_attempt_at), ("pending", Some(T + 5)));
+        assert_eq!(f.store.complete(vec![sent(&held, T + 6)], T + 6).await.unwrap(), 0, "the old lease is void");
+        let again = f.store.claim(T + 5, T + MINUTE, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, id);
+
+        let other = new_project(&f.store).await;
+        assert!(f.store.retry_delivery(other, id, T + 7).await.unwrap().is_none(), "another project's delivery is not found");
+    }
+
+    async fn a_released_delivery_is_due_again_only_with_its_current_lease(backend) {
+        let f = fixture(&backend).await;
+        delivery_at(&f, T).await;
+        let stale = f.store.claim(T, T + 1000, 10).await.unwrap().remove(0);
+        let current = f.store.claim(T + 1000, T + MINUTE, 10).await.unwrap().remove(0);
+        f.store.release(vec![(stale.id.clone(), stale.lease)], T + 1000).await.unwrap();
+        assert!(f.store.claim(T + 1001, T + MINUTE, 10).await.unwrap().is_empty(), "a stale release changes nothing");
+        f.store.release(vec![(current.id.clone(), current.lease)], T + 2000).await.unwrap();
+        assert!(f.store.claim(T + 1999, T + MINUTE, 10).await.unwrap().is_empty());
+        assert_eq!(f.store.claim(T + 2000, T + MINUTE, 10).await.unwrap().len(), 1);
+    }
+
+    async fn an_idempotency_key_replays_the_first_receipt_and_rejects_another_event(backend) {
+        let f = fixture(&backend).await;
+        let first = ingest_created(&f.store, keyed(event(&f.project, "order.paid", T), "k1", 1)).await;
+
+        let replay = f.store.ingest(keyed(event(&f.project, "order.paid", T + MINUTE), "k1", 1)).await.unwrap();
+        assert_eq!(replay, Ingested::Replayed(first.clone()));
+        let reuse = f.store.ingest(keyed(event(&f.project, "order.paid", T + MINUTE), "k1", 2)).await.unwrap();
+        assert_eq!(reuse, Ingested::KeyReused);
+
+        // Keys are per project, and forgotten after the window.
+        let other = new_project(&f.store).await;
+        ingest_created(&f.store, keyed(event(&other, "order.paid", T), "k1", 2)).await;
+        let later = ingest_created(&f.store, keyed(event(&f.project, "order.paid", T + IDEMPOTENCY_WINDOW_MS), "k1", 2)).await;
+        assert_ne!(later.event_id, first.event_id);
+
+        let page = hookline::store::Page { limit: 10, after: None };
+        assert_eq!(f.store.list_events(f.project.clone(), page).await.unwrap().items.len(), 2);
+    }
+
+    async fn concurrent_requests_with_one_idempotency_key_create_one_event(backend) {
+        let f = fixture(&backend).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let store = f.store.clone();
+            let e = keyed(event(&f.project, "order.paid", T), "same", 7);
+            tasks.spawn(async move { store.ingest(e).await.unwrap() });
+        }
+        let mut created = Vec::new();
+        let mut replayed = Vec::new();
+        while let Some(answer) = tasks.join_next().await {
+            match answer.unwrap() {
+                Ingested::Created { receipt, .. } => created.push(receipt),
+                Ingested::Replayed(r) => replayed.push(r),
+                Ingested::KeyReused => panic!("the same request is not a reuse"),
             }
         }
-        assert_eq!(batches, [2, 2, 1], "five finished events, two at a time");
+        assert_eq!(created.len(), 1);
+        assert!(replayed.iter().all(|r| *r == created[0]));
+        assert_eq!(count_rows(&f.db, "events").await, 1);
+        assert_eq!(count_rows(&f.db, "webhook_logs").await, 1);
+    }
 
-        for id in &done_events {
-            assert_problem(app.get(&format!("/v1/events/{id}")).send().await.unwrap(), 404).await;
-        }
-        for id in &done_deliveries {
-            assert_problem(app.get(&format!("/v1/webhook-logs/{id}")).send().await.unwrap(), 404).await;
-        }
-        if let Some(rows) = attempt_rows(&app, &backend, &done_deliveries) {
-            assert_eq!(rows, 0, "attempts of pruned deliveries are deleted too");
-        }
-        // The pending one is kept, whatever its age, with its history.
-        let kept = app.log(&pending_delivery).await;
-        assert_eq!(kept["status"], "pending");
-        assert_eq!(kept["attempt_history"].as_array().unwrap().len(), 1);
-        let events = app.get_json("/v1/events").await;
-        assert_eq!(events["data"].as_array().unwrap().len(), 1);
-        assert_eq!(events["data"][0]["id"], pending["id"]);
-        // Nothing that recent is touched by today's pruning.
-        assert_eq!(store.prune(now_ms() - 30 * DAY_MS, now_ms(), 2).await.unwrap(), 0);
+    async fn pruning_deletes_only_finished_old_events_with_their_logs_and_attempts(backend) {
+        let f = fixture(&backend).await;
+        let old_sent = delivery_at(&f, T - 10 * DAY).await;
+        let old_pending = delivery_at(&f, T - 10 * DAY + 1).await;
+        let claimed = f.store.claim(T - 10 * DAY, T - 10 * DAY + MINUTE, 1).await.unwrap();
+        assert_eq!(claimed[0].id, old_sent);
+        f.store.complete(vec![sent(&claimed[0], T - 10 * DAY)], T - 10 * DAY).await.unwrap();
+        let recent = delivery_at(&f, T - MINUTE).await;
+        // No webhook listens to order.created: an event with no deliveries is finished.
+        let old_quiet = ingest_created(&f.store, event(&f.project, "order.created", T - 9 * DAY)).await;
+        // Idempotency keys: one past the window, one within it.
+        ingest_created(&f.store, keyed(event(&f.project, "order.created", T - 2 * DAY), "old-key", 1)).await;
+        ingest_created(&f.store, keyed(event(&f.project, "order.created", T - 1000), "new-key", 1)).await;
+        assert_eq!(count_rows(&f.db, "delivery_attempts").await, 1);
+
+        // A batch of one deletes one; the next batch the rest.
+        assert_eq!(f.store.prune(T - 5 * DAY, T, 1).await.unwrap(), 1);
+        assert_eq!(f.store.prune(T - 5 * DAY, T, 100).await.unwrap(), 1);
+        assert_eq!(f.store.prune(T - 5 * DAY, T, 100).await.unwrap(), 0);
+
+        assert!(f.store.get_log(f.project.clone(), old_sent).await.unwrap().is_none());
+        assert!(f.store.get_event(f.project.clone(), old_quiet.event_id).await.unwrap().is_none());
+        assert!(f.store.get_log(f.project.clone(), old_pending).await.unwrap().is_some(), "pending work is kept");
+        assert!(f.store.get_log(f.project.clone(), recent).await.unwrap().is_some());
+        assert_eq!(count_rows(&f.db, "delivery_attempts").await, 0);
+        assert_eq!(count_rows(&f.db, "webhook_logs").await, 2);
+        assert_eq!(count_rows(&f.db, "idempotency_keys").await, 1);
     }
 
     async fn queue_stats_count_pending_due_and_leased_deliveries(backend) {
-        // No worker: the test claims deliveries itself.
-        let app = TestApp::spawn_with(&backend, &["--role", "api"]).await;
-        let receiver = Receiver::start().await;
-        app.add_webhook("order.created", &receiver.url("/hook")).await;
-        app.send_event("order.created", json!({"order_id": "ord_1"})).await;
-        app.send_event("order.created", json!({"order_id": "ord_2"})).await;
-        let store = open_store(&app).await;
-        let now = now_ms();
+        let f = fixture(&backend).await;
+        assert_eq!(f.store.queue_stats(T).await.unwrap(), QueueStats::default());
+        for at in [T - 3, T - 2, T - 1, T + MINUTE] {
+            delivery_at(&f, at).await;
+        }
+        let stats = f.store.queue_stats(T).await.unwrap();
+        assert_eq!(stats, QueueStats { pending: 4, due: 3, leased: 0, oldest_pending_created_at: Some(T - 3) });
 
-        let stats = store.queue_stats(now).await.unwrap();
-        assert_eq!((stats.pending, stats.due, stats.leased), (2, 2, 0));
-        assert!(stats.oldest_pending_created_at.is_some_and(|at| at <= now));
+        let claimed = f.store.claim(T, T + MINUTE, 2).await.unwrap();
+        let stats = f.store.queue_stats(T).await.unwrap();
+        assert_eq!((stats.pending, stats.due, stats.leased), (4, 1, 2));
 
-        let lease_ms = 60_000;
-        assert_eq!(store.claim(now, now + lease_ms, 1).await.unwrap().len(), 1);
-        let stats = store.queue_stats(now).await.unwrap();
-        assert_eq!((stats.pending, stats.due, stats.leased), (2, 1, 1), "a leased delivery is not due");
+        f.store.complete(vec![sent(&claimed[0], T + 1)], T + 1).await.unwrap();
+        let stats = f.store.queue_stats(T + 1).await.unwrap();
+        assert_eq!((stats.pending, stats.due, stats.leased), (3, 1, 1));
+    }
 
-        // Once the lease has expired the delivery is due again (a worker may take it over).
-        let stats = store.queue_stats(now + lease_ms + 1).await.unwrap();
-        assert_eq!((stats.pending, stats.due, stats.leased), (2, 2, 0));
+    async fn migrations_are_safe_to_run_from_several_processes_at_once(backend) {
+        let db = TestDatabase::create(&backend).await;
+        let url = hookline::config::DatabaseUrl::parse(&db.url).unwrap();
+        let mut opened = Vec::new();
+        for _ in 0..4 {
+            opened.push(Store::open(&url, 2).await.unwrap());
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for store in opened.clone() {
+            tasks.spawn(async move { store.migrate().await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        for store in &opened {
+            store.ping().await.unwrap();
+        }
     }
 }
