@@ -1,5 +1,11 @@
 use clap::Parser as _;
 
+/// mimalloc instead of the system allocator: hookline allocates many small,
+/// short-lived buffers per request, and the benchmark showed glibc's malloc
+/// and free among the largest costs of the hot path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = hookline::cli::Cli::parse();
