@@ -34,7 +34,7 @@ CREATE TABLE project_webhooks (
     project_id  TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
     event       TEXT NOT NULL,
     target_url  TEXT NOT NULL,
-    is_active   INTEGER NOT NULL CHECK (is_active IN (0, 1)),
+    is_active   INTEGER NOT NULL CHECK (is_active = 0 OR is_active = 1),
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 ) STRICT;
@@ -64,7 +64,9 @@ CREATE TABLE webhook_logs (
     event_id         TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
     webhook_id       TEXT NOT NULL,
     target_url       TEXT NOT NULL,
-    status           TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    -- Written with OR rather than IN: SQLite builds a temporary table for an
+    -- IN list in a CHECK on every insert and update.
+    status           TEXT NOT NULL CHECK (status = 'pending' OR status = 'sent' OR status = 'failed'),
     response_code    INTEGER,
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  INTEGER,

@@ -16,6 +16,11 @@ use uuid::Uuid;
 /// this process sort in the order they were made, even within a millisecond.
 static LAST_STAMP: AtomicU64 = AtomicU64::new(0);
 
+/// A fresh UUIDv7 for identifiers outside the database (request ids).
+pub fn new_uuid() -> Uuid {
+    uuid_v7(crate::domain::time::now_ms().max(0) as u64)
+}
+
 /// A UUIDv7 (RFC 9562): 48 bits of unix milliseconds, a 12-bit counter for
 /// order within a millisecond (the RFC's "fixed-length dedicated counter"),
 /// and 62 random bits from the thread's CSPRNG, which unlike the `uuid`
