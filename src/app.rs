@@ -42,7 +42,11 @@ pub async fn open_store(
         (None, DatabaseUrl::Sqlite(path)) => {
             let mut key_path = path.clone().into_os_string();
             key_path.push(".key");
-            Vault::load_or_create(std::path::Path::new(&key_path))?
+            let holds_secrets = match &store {
+                Store::Sqlite(s) => s.holds_secrets().await?,
+                Store::Postgres(_) => unreachable!("a sqlite:// URL opens the SQLite store"),
+            };
+            Vault::load_or_create(std::path::Path::new(&key_path), !holds_secrets)?
         }
         (None, DatabaseUrl::Postgres(_)) => anyhow::bail!(
             "--secret-key (HOOKLINE_SECRET_KEY) is required with PostgreSQL: every node must share it; \

@@ -45,8 +45,11 @@ impl Vault {
     }
 
     /// Reads the key file, or creates it (mode 0600) with a fresh key: the
-    /// zero-setup default beside a SQLite database.
-    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+    /// zero-setup default beside a SQLite database. `may_create` is false when
+    /// the database already holds secrets sealed with some key: a fresh key
+    /// could open none of them, so a missing file is an error to fix, not a
+    /// file to replace.
+    pub fn load_or_create(path: &Path, may_create: bool) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 #[cfg(unix)]
@@ -61,6 +64,13 @@ impl Vault {
                 }
                 Self::from_base64(&text).with_context(|| format!("key file {}", path.display()))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !may_create => Err(e).with_context(|| {
+                format!(
+                    "the key file {} is missing, but the database holds signing secrets sealed with it: \
+                     restore the file from your backup, or pass the key with --secret-key",
+                    path.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate_key();
                 let mut options = std::fs::OpenOptions::new();
@@ -74,7 +84,7 @@ impl Vault {
                         Self::from_base64(&key)
                     }
                     // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path, may_create),
                     Err(e) => Err(e).with_context(|| format!("creating key file {}", path.display())),
                 }
             }
@@ -127,14 +137,23 @@ mod tests {
     fn the_key_file_is_created_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookline.key");
-        let sealed = Vault::load_or_create(&path).unwrap().seal(b"x", "p");
-        assert_eq!(Vault::load_or_create(&path).unwrap().open(&sealed, "p").unwrap(), b"x");
+        let sealed = Vault::load_or_create(&path, true).unwrap().seal(b"x", "p");
+        assert_eq!(Vault::load_or_create(&path, false).unwrap().open(&sealed, "p").unwrap(), b"x");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_missing_key_file_is_not_replaced_when_secrets_depend_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookline.key");
+        let err = Vault::load_or_create(&path, false).err().unwrap();
+        assert!(format!("{err:#}").contains("is missing"), "{err:#}");
+        assert!(!path.exists());
     }
 
     #[test]

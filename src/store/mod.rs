@@ -397,8 +397,8 @@ pub trait Backend: Send + Sync {
     fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> impl Future<Output = Result<()>> + Send;
 
     /// Deletes up to `batch` finished events older than `before`, with their
-    /// deliveries and attempts, and expired idempotency keys. Returns the
-    /// number of events deleted.
+    /// deliveries and attempts, expired idempotency keys, and signing secrets
+    /// past their overlap. Returns the number of events deleted.
     fn prune(&self, before: UnixMs, now: UnixMs, batch: u32) -> impl Future<Output = Result<u64>> + Send;
     fn queue_stats(&self, now: UnixMs) -> impl Future<Output = Result<QueueStats>> + Send;
 }

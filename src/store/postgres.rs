@@ -1110,6 +1110,12 @@ impl Backend for PgStore {
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
+        // Rotated-out secrets past their overlap sign nothing any more.
+        sqlx::query("DELETE FROM signing_secrets WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         // SKIP LOCKED: pruners of several processes take disjoint batches
         // instead of queueing (or deadlocking) on the same rows.
         // Event ids start with their creation time, so "older than" is an id range.

@@ -219,6 +219,17 @@ impl SqliteStore {
         })
     }
 
+    /// Whether any signing secret is stored: then the key that sealed them
+    /// must not be replaced by a fresh one.
+    pub async fn holds_secrets(&self) -> Result<bool> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM signing_secrets)")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(db_err)
+        })
+        .await
+    }
+
     /// Where the database file is; the vault key file lives beside it.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -924,6 +935,10 @@ impl Backend for SqliteStore {
         self.write(move |conn| {
             conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")
                 .and_then(|mut s| s.execute([now - IDEMPOTENCY_WINDOW_MS]))
+                .map_err(db_err)?;
+            // Rotated-out secrets past their overlap sign nothing any more.
+            conn.prepare_cached("DELETE FROM signing_secrets WHERE expires_at <= ?1")
+                .and_then(|mut s| s.execute([now]))
                 .map_err(db_err)?;
             // Event ids start with their creation time, so "older than" is an id range.
             conn.prepare_cached(

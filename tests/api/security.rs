@@ -805,3 +805,17 @@ async fn assert_nothing_private_is_printed(format: &str) {
         assert!(!logs.contains(value.as_str()), "the {what} appears in the delivery log: {logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refuses_to_start_when_the_key_file_of_its_secrets_is_gone() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let db = app.db.clone();
+    app.stop().await;
+    std::fs::remove_file(db.dir.path().join("hookline.db.key")).unwrap();
+
+    let settings = hookline::Settings::from_flags(["--listen", "127.0.0.1:0", "--database-url", &db.url]).unwrap();
+    let refused = hookline::Application::build(settings).await.err().expect("the server must not start");
+    let message = format!("{refused:#}");
+    assert!(message.contains("hookline.db.key is missing") && message.contains("--secret-key"), "{message}");
+    assert!(!db.dir.path().join("hookline.db.key").exists(), "no new key may replace the lost one");
+}

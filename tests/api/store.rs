@@ -353,6 +353,20 @@ backend_tests! {
         assert_eq!(count_rows(&f.db, "idempotency_keys").await, 1);
     }
 
+    async fn pruning_deletes_signing_secrets_past_their_overlap(backend) {
+        let f = fixture(&backend).await;
+        f.store.rotate_secret(f.project.clone(), vec![4, 5, 6], T, T + MINUTE).await.unwrap();
+        assert_eq!(count_rows(&f.db, "signing_secrets").await, 2);
+        assert_eq!(f.store.signing_secrets(vec![f.project.clone()], T).await.unwrap().len(), 2, "both sign in the overlap");
+
+        f.store.prune(T - DAY, T + MINUTE - 1, 100).await.unwrap();
+        assert_eq!(count_rows(&f.db, "signing_secrets").await, 2, "the overlap has not ended");
+        f.store.prune(T - DAY, T + MINUTE, 100).await.unwrap();
+        assert_eq!(count_rows(&f.db, "signing_secrets").await, 1);
+        let left = f.store.signing_secrets(vec![f.project.clone()], T + MINUTE).await.unwrap();
+        assert_eq!(left[0].sealed, vec![4, 5, 6]);
+    }
+
     async fn queue_stats_count_pending_due_and_leased_deliveries(backend) {
         let f = fixture(&backend).await;
         assert_eq!(f.store.queue_stats(T).await.unwrap(), QueueStats::default());
