@@ -7,7 +7,6 @@
 //! prints each delivery as it arrives with its signatures checked, prints the
 //! delivery log, and removes everything it made.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -37,24 +36,6 @@ fn events() -> [(&'static str, Value); 2] {
 
 /// How long the demo waits for deliveries before it gives up.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A directory removed when dropped, whatever happened.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("hookline-demo-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A minimal JSON client for the demo's calls to its own server.
 struct Api {
@@ -108,9 +89,10 @@ fn text(v: &Value, key: &str) -> String {
 }
 
 pub async fn run() -> anyhow::Result<()> {
-    let dir = TempDir::new()?;
+    // Removed when dropped, whatever happened.
+    let dir = tempfile::Builder::new().prefix("hookline-demo-").tempdir().context("creating a temporary directory")?;
     let admin_token = format!("demo-{:032x}", rand::random::<u128>());
-    let database = format!("sqlite://{}", dir.0.join("demo.db").display());
+    let database = format!("sqlite://{}", dir.path().join("demo.db").display());
     // --dev lets webhooks point at the local receiver (http, loopback).
     let settings = Settings::from_flags([
         "--listen",

@@ -61,11 +61,11 @@ struct Shared {
     targets: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Claimed and not yet finished, to give back on shutdown.
     in_flight: Mutex<HashMap<DeliveryId, LeaseToken>>,
-    results: mpsc::UnboundedSender<Result_>,
+    results: mpsc::UnboundedSender<TaskEnd>,
 }
 
 /// A finished delivery task's result for the recorder.
-enum Result_ {
+enum TaskEnd {
     Done(Completion),
     /// Not attempted; due again at the given time.
     GiveBack(DeliveryId, LeaseToken, UnixMs),
@@ -268,7 +268,7 @@ impl Worker {
             Err(e) => {
                 tracing::error!(error = %e, "loading signing secrets failed; giving deliveries back");
                 for c in claimed {
-                    let _ = shared.results.send(Result_::GiveBack(c.id, c.lease, now + TARGET_BACKOFF_MS));
+                    let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now + TARGET_BACKOFF_MS));
                 }
                 return;
             }
@@ -336,10 +336,10 @@ fn body_of(c: &Claimed) -> Bytes {
     ))
 }
 
-fn failed_without_attempt(c: &Claimed, reason: &str) -> Result_ {
+fn failed_without_attempt(c: &Claimed, reason: &str) -> TaskEnd {
     tracing::debug!(reason, "delivery failed without an attempt");
     ::metrics::counter!("hookline_deliveries_total", "outcome" => "failed").increment(1);
-    Result_::Done(Completion {
+    TaskEnd::Done(Completion {
         id: c.id.clone(),
         lease: c.lease,
         next: NextState::Failed,
@@ -350,7 +350,7 @@ fn failed_without_attempt(c: &Claimed, reason: &str) -> Result_ {
     })
 }
 
-async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSecret>>>) -> Result_ {
+async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSecret>>>) -> TaskEnd {
     let Some((url, active)) = c.webhook.clone() else {
         return failed_without_attempt(&c, "the webhook was deleted");
     };
@@ -363,7 +363,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         Ok(p) => p,
         Err(_) => match tokio::time::timeout(TARGET_WAIT, slots.acquire_owned()).await {
             Ok(p) => p.expect("never closed"),
-            Err(_) => return Result_::GiveBack(c.id, c.lease, now_ms() + TARGET_BACKOFF_MS),
+            Err(_) => return TaskEnd::GiveBack(c.id, c.lease, now_ms() + TARGET_BACKOFF_MS),
         },
     };
 
@@ -428,7 +428,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
     if deactivate {
         tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; deactivating the webhook");
     }
-    Result_::Done(Completion {
+    TaskEnd::Done(Completion {
         id: c.id,
         lease: c.lease,
         next,
@@ -458,7 +458,7 @@ fn signed_headers(c: &Claimed, secrets: &[SigningSecret], body: &[u8], timestamp
 /// again once its lease expires.
 async fn record(
     store: Store,
-    mut results: mpsc::UnboundedReceiver<Result_>,
+    mut results: mpsc::UnboundedReceiver<TaskEnd>,
     work_ready: Arc<Notify>,
     poll_interval: Duration,
 ) {
@@ -468,8 +468,8 @@ async fn record(
         let mut next = Some(first);
         while let Some(r) = next {
             match r {
-                Result_::Done(c) => done.push(c),
-                Result_::GiveBack(id, lease, at) => given_back.entry(at).or_default().push((id, lease)),
+                TaskEnd::Done(c) => done.push(c),
+                TaskEnd::GiveBack(id, lease, at) => given_back.entry(at).or_default().push((id, lease)),
             }
             next = if done.len() < RECORD_BATCH { results.try_recv().ok() } else { None };
         }
