@@ -253,10 +253,7 @@ async fn list(
 ) -> Result<Json<ListResponse<EventView>>, ApiError> {
     let page = query.page(|c| EventId::parse(c).is_some())?;
     let events = app.store.list_events(project, page).await?;
-    Ok(Json(ListResponse {
-        data: events.items.into_iter().map(|e| EventView::new(e, None)).collect(),
-        next_cursor: events.next,
-    }))
+    Ok(Json(ListResponse::of(events, |e| EventView::new(e, None))))
 }
 
 /// Read one event, with its data and deliveries.

@@ -198,7 +198,7 @@ async fn list(
     let filter = parse_filter(&query)?;
     let page = query.page(|c| DeliveryId::parse(c).is_some())?;
     let logs = app.store.list_logs(project, filter, page).await?;
-    Ok(Json(ListResponse { data: logs.items.into_iter().map(Into::into).collect(), next_cursor: logs.next }))
+    Ok(Json(ListResponse::of(logs, Into::into)))
 }
 
 /// Read one delivery with all its attempts.

@@ -80,6 +80,13 @@ pub struct ListResponse<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> ListResponse<T> {
+    /// A page from the store, each item turned into its view.
+    pub fn of<S>(page: crate::store::Paged<S>, view: impl FnMut(S) -> T) -> Self {
+        Self { data: page.items.into_iter().map(view).collect(), next_cursor: page.next }
+    }
+}
+
 /// What the OpenAPI document says beyond the routes: title, tags, security
 /// schemes and the shared error components.
 #[derive(utoipa::OpenApi)]

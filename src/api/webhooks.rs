@@ -155,7 +155,7 @@ async fn list(
 ) -> Result<Json<ListResponse<WebhookView>>, ApiError> {
     let page = query.page(|c| WebhookId::parse(c).is_some())?;
     let hooks = app.store.list_webhooks(project, page).await?;
-    Ok(Json(ListResponse { data: hooks.items.into_iter().map(Into::into).collect(), next_cursor: hooks.next }))
+    Ok(Json(ListResponse::of(hooks, Into::into)))
 }
 
 /// Read one webhook.
