@@ -8,7 +8,7 @@
 //! when that end is near ([`DRAIN_LIMIT`]), and anything unexpected makes the
 //! connection single-use rather than guessed at.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::mem::MaybeUninit;
 
 use bytes::{Buf as _, BytesMut};
@@ -54,9 +54,8 @@ pub fn encode_request(out: &mut Vec<u8>, path: &str, host: &str, headers: &Heade
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let mut length = String::with_capacity(24);
-    let _ = write!(length, "content-length: {}\r\n\r\n", body.len());
-    out.extend_from_slice(length.as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
     out.extend_from_slice(body);
 }
 
