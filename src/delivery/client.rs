@@ -117,9 +117,20 @@ pub struct DeliveryClient {
 
 impl DeliveryClient {
     pub fn new(policy: Policy, connect_timeout: Duration, request_timeout: Duration, max_idle_per_host: usize) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Self::with_roots(policy, connect_timeout, request_timeout, max_idle_per_host, roots)
+    }
+
+    /// [`Self::new`] with other trusted roots (tests trust their own CA).
+    fn with_roots(
+        policy: Policy,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        max_idle_per_host: usize,
+        roots: rustls::RootCertStore,
+    ) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")
@@ -443,6 +454,88 @@ mod tests {
             post(&client, &url).await.unwrap();
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// A TLS receiver with a certificate for `localhost` only, answering
+    /// every request with 200 on one kept-alive connection. Reports the SNI
+    /// of each connection it accepts.
+    async fn tls_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Option<String>>) {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let certs = CertificateDer::pem_slice_iter(include_bytes!("../../tests/fixtures/tls/localhost.pem"))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(include_bytes!("../../tests/fixtures/tls/localhost.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sni_tx, sni_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (acceptor, sni_tx) = (acceptor.clone(), sni_tx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                    let _ = sni_tx.send(tls.get_ref().1.server_name().map(str::to_owned));
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        if buf.ends_with(b"{}") {
+                            buf.clear();
+                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure").await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (port, sni_rx)
+    }
+
+    fn tls_client() -> DeliveryClient {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_slice(include_bytes!("../../tests/fixtures/tls/ca.pem")).unwrap();
+        roots.add(ca).unwrap();
+        // --dev: `localhost` resolves to loopback addresses only.
+        let policy = Policy { dev: true, allowed: vec![], dns_timeout: Duration::from_secs(1) };
+        DeliveryClient::with_roots(policy, Duration::from_secs(1), Duration::from_secs(5), 4, roots)
+    }
+
+    #[tokio::test]
+    async fn https_is_spoken_over_tls_with_the_url_host_as_server_name() {
+        let (port, mut sni) = tls_receiver().await;
+        let client = tls_client();
+        let url = format!("https://localhost:{port}/hook");
+        for _ in 0..3 {
+            let answer = post(&client, &url).await.unwrap();
+            assert_eq!((answer.status, answer.body_prefix.as_str()), (200, "secure"));
+        }
+        assert_eq!(sni.recv().await.unwrap().as_deref(), Some("localhost"));
+        assert!(sni.try_recv().is_err(), "three requests used more than one TLS connection");
+    }
+
+    #[tokio::test]
+    async fn a_certificate_for_another_name_is_a_tls_error() {
+        let (port, _sni) = tls_receiver().await;
+        let e = post(&tls_client(), &format!("https://127.0.0.1:{port}/hook")).await.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Tls, "{}", e.message);
+        assert!(e.message.contains("certificate"), "{}", e.message);
+        // And the production client knows only the webpki roots, not the test CA.
+        let e = post(&client(), &format!("https://127.0.0.1:{port}/hook")).await.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Tls, "{}", e.message);
+        assert!(e.message.contains("certificate"), "{}", e.message);
     }
 
     #[test]
