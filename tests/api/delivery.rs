@@ -86,4 +86,97 @@ backend_tests! {
         let peers: HashSet<_> = receiver.received().iter().map(|r| r.peer).collect();
         assert!(peers.len() <= 2, "10 sequential deliveries used {} connections", peers.len());
     }
+
+    async fn a_receiver_that_closes_idle_connections_costs_no_failed_attempt(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = IdleClosingReceiver::start(Duration::from_millis(50)).await;
+        app.add_webhook("order.paid", &receiver.url("/hook")).await;
+        for i in 0..3 {
+            let receipt = app.send_event("order.paid", json!({"order_id": format!("o{i}")})).await;
+            let log = app.wait_for_status(receipt["deliveries"][0]["id"].as_str().unwrap(), "sent").await;
+            assert_eq!(log["attempts"], 1, "delivery {i} needed a second attempt: {log}");
+            // The connection now idles in hookline's pool and is closed under it:
+            // the next delivery finds it dead.
+            receiver.wait_for_idle_closes(i + 1).await;
+        }
+        assert_eq!(receiver.requests(), 3, "each delivery arrived once");
+        assert_eq!(receiver.connections(), 3, "a dead connection is replaced, not given up on");
+    }
+}
+
+/// A keep-alive receiver that, like many servers, closes a connection that
+/// stays idle for a while, without announcing it in the response.
+struct IdleClosingReceiver {
+    addr: std::net::SocketAddr,
+    /// (connections accepted, requests answered, connections closed for idling)
+    counts: tokio::sync::watch::Sender<(usize, usize, usize)>,
+}
+
+impl IdleClosingReceiver {
+    async fn start(idle: Duration) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = tokio::sync::watch::channel((0, 0, 0)).0;
+        let tx = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tx.send_modify(|c| c.0 += 1);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One whole request: its head, then Content-Length bytes.
+                        let total = loop {
+                            let mut headers = [httparse::EMPTY_HEADER; 32];
+                            let mut request = httparse::Request::new(&mut headers);
+                            if let Ok(httparse::Status::Complete(head)) = request.parse(&buf) {
+                                let length =
+                                    request.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"));
+                                let length: usize =
+                                    std::str::from_utf8(length.unwrap().value).unwrap().parse().unwrap();
+                                if buf.len() >= head + length {
+                                    break head + length;
+                                }
+                            }
+                            let mut chunk = [0; 4096];
+                            match tokio::time::timeout(idle, socket.read(&mut chunk)).await {
+                                Ok(Ok(0)) | Ok(Err(_)) => return,
+                                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                                Err(_) if buf.is_empty() => {
+                                    drop(socket);
+                                    tx.send_modify(|c| c.2 += 1);
+                                    return;
+                                }
+                                Err(_) => {}
+                            }
+                        };
+                        buf.drain(..total);
+                        tx.send_modify(|c| c.1 += 1);
+                        socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    }
+                });
+            }
+        });
+        Self { addr, counts }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn connections(&self) -> usize {
+        self.counts.borrow().0
+    }
+
+    fn requests(&self) -> usize {
+        self.counts.borrow().1
+    }
+
+    async fn wait_for_idle_closes(&self, n: usize) {
+        let mut counts = self.counts.subscribe();
+        let closed = tokio::time::timeout(PATIENCE, counts.wait_for(|c| c.2 >= n)).await.is_ok();
+        assert!(closed, "expected {n} idle connections closed, counts {:?}", *self.counts.borrow());
+    }
 }
