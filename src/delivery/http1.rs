@@ -22,11 +22,11 @@ use super::client::KEPT_BODY_BYTES;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in one response head.
 const MAX_HEADERS: usize = 100;
-/// A body is read to its end, so the connection can be reused, while no more
-/// than this much of it has to be read; past that the connection is closed
-/// instead (SPEC §5: bodies are not read past the kept prefix, and draining a
-/// large one costs more than a new connection).
-pub const DRAIN_LIMIT: u64 = 64 * 1024;
+/// A body is read to its end, so the connection can be reused, only while
+/// that end lies within the kept prefix (plus room for chunk framing); a
+/// longer body is not read on and the connection is closed instead. SPEC §5:
+/// response bodies are not read past the kept prefix.
+pub const DRAIN_LIMIT: u64 = KEPT_BODY_BYTES as u64 + 64;
 /// The longest chunk-size or trailer line accepted in a chunked body.
 const LINE_LIMIT: usize = 4 * 1024;
 /// Room made in the read buffer before each read.
@@ -373,7 +373,10 @@ async fn read_body<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, framing
         let step = decoder.decode(buf, &mut body);
         consumed += (before - buf.len()) as u64;
         match step {
-            Step::Done => return (body.0, true),
+            // A longer body that happened to arrive whole is still not kept
+            // alive for: whether a connection is reused must not depend on
+            // how the bytes were cut into reads.
+            Step::Done => return (body.0, consumed <= DRAIN_LIMIT),
             Step::Invalid => return (body.0, false),
             Step::NeedMore => {}
         }
@@ -527,11 +530,25 @@ mod tests {
         let body = "x".repeat(5_000);
         let r = answer(format!("HTTP/1.1 500 Oops\r\ncontent-length: 5000\r\n\r\n{body}")).await;
         assert_eq!(r.body_prefix.len(), KEPT_BODY_BYTES);
-        assert!(r.reusable, "a small body is drained so the connection can be reused");
+        assert!(!r.reusable, "a body longer than the kept prefix is not read to its end");
 
         let chunk = format!("{:x}\r\n{body}\r\n", body.len());
         let r = answer(format!("HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n")).await;
         assert_eq!(r.body_prefix.len(), KEPT_BODY_BYTES);
+        assert!(!r.reusable);
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_kept_prefix_is_read_whole_and_the_connection_kept() {
+        let body = "y".repeat(KEPT_BODY_BYTES);
+        let r = answer(format!("HTTP/1.1 422 No\r\ncontent-length: {}\r\n\r\n{body}", body.len())).await;
+        assert_eq!(r.body_prefix, body.as_bytes());
+        assert!(r.reusable);
+
+        let half = &body[..512];
+        let chunk = format!("{:x}\r\n{half}\r\n", half.len());
+        let r = answer(format!("HTTP/1.1 422 No\r\ntransfer-encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n")).await;
+        assert_eq!(r.body_prefix, body.as_bytes());
         assert!(r.reusable);
     }
 
