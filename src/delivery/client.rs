@@ -209,7 +209,8 @@ impl DeliveryClient {
         Answer {
             status: response.status,
             retry_after: response.retry_after,
-            body_prefix: String::from_utf8_lossy(&response.body_prefix).into_owned(),
+            // Kept in the log: valid UTF-8, and no NUL, which PostgreSQL text refuses.
+            body_prefix: String::from_utf8_lossy(&response.body_prefix).replace('\0', "\u{FFFD}"),
         }
     }
 }

@@ -161,17 +161,29 @@ async fn batch_ingests(
         let (pool, announce) = (pool.clone(), announce.clone());
         tokio::spawn(async move {
             let (events, replies): (Vec<NewEvent>, Vec<_>) = batch.into_iter().unzip();
-            match ingest_batch(&pool, &events).await {
+            let result = match ingest_batch(&pool, &events).await {
+                // One bad event must not fail the others: each on its own.
+                Err(e) if events.len() > 1 => {
+                    tracing::warn!(error = %e, events = events.len(), "a batched ingest failed; writing its events one by one");
+                    let mut one_by_one = Vec::with_capacity(events.len());
+                    for e in &events {
+                        one_by_one.push(ingest_batch(&pool, std::slice::from_ref(e)).await.map(|mut r| r.remove(0)));
+                    }
+                    Ok(one_by_one)
+                }
+                other => other.map(|results| results.into_iter().map(Ok).collect()),
+            };
+            match result {
                 Ok(results) => {
                     // Deliveries not leased to this process's worker: tell every worker.
                     let unleased = results.iter().any(|r| {
-                        matches!(r, Ingested::Created { receipt, leased } if leased.len() < receipt.deliveries.len())
+                        matches!(r, Ok(Ingested::Created { receipt, leased }) if leased.len() < receipt.deliveries.len())
                     });
                     if unleased {
                         let _ = announce.try_send(());
                     }
                     for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(result));
+                        let _ = reply.send(result.map_err(db_err));
                     }
                 }
                 Err(e) => {
@@ -476,14 +488,19 @@ const COMPLETE: &str = "WITH done AS (
                      $9::text[], $10::bool[])
              AS c (id, lease, status, next_attempt_at, response_code, counted, last_error, target_url, deactivate)
          WHERE l.id = c.id AND l.lease_token = c.lease
-         RETURNING l.id, l.webhook_id, c.deactivate
+         RETURNING l.id, c.lease, l.webhook_id, c.deactivate
      ), recorded AS (
+         -- Only the attempts whose result applied: matched on the lease too,
+         -- as a batch may hold a stale result for the same delivery.
          INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_ms, response_code, error_class,
                                         error, response_body)
-         SELECT a.* FROM UNNEST($11::text[], $12::int4[], $13::int8[], $14::int8[], $15::int4[], $16::text[],
-                                $17::text[], $18::text[])
-             AS a (delivery_id, number, started_at, duration_ms, response_code, error_class, error, response_body)
-         WHERE a.delivery_id IN (SELECT id FROM done)
+         SELECT a.delivery_id, a.number, a.started_at, a.duration_ms, a.response_code, a.error_class, a.error,
+                a.response_body
+         FROM UNNEST($11::text[], $12::int4[], $13::int8[], $14::int8[], $15::int4[], $16::text[],
+                     $17::text[], $18::text[], $19::int8[])
+             AS a (delivery_id, number, started_at, duration_ms, response_code, error_class, error, response_body,
+                   lease)
+         WHERE (a.delivery_id, a.lease) IN (SELECT id, lease FROM done)
      ), deactivated AS (
          UPDATE project_webhooks w SET is_active = FALSE, updated_at = $1
          FROM done WHERE done.deactivate AND w.id = done.webhook_id
@@ -491,6 +508,78 @@ const COMPLETE: &str = "WITH done AS (
      SELECT count(*) FROM done";
 
 impl PgStore {
+    /// Records a batch of results in one statement.
+    async fn complete_batch(&self, done: &[Completion], now: UnixMs) -> sqlx::Result<usize> {
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let n = done.len();
+        let (mut ids, mut leases, mut statuses, mut next_at) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut codes, mut counted, mut errors, mut urls, mut deactivate) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut a_ids = Vec::with_capacity(n);
+        let (mut a_number, mut a_started, mut a_duration, mut a_code) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut a_class, mut a_error, mut a_body, mut a_lease) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for c in done {
+            let (status, at) = match c.next {
+                NextState::Sent => ("sent", None),
+                NextState::Failed => ("failed", None),
+                NextState::RetryAt(at) => ("pending", Some(at)),
+            };
+            ids.push(c.id.as_str());
+            leases.push(c.lease);
+            statuses.push(status);
+            next_at.push(at);
+            codes.push(c.attempt.as_ref().and_then(|a| a.response_code).map(i32::from));
+            counted.push(i32::from(c.attempt.is_some()));
+            errors.push(c.last_error.as_deref());
+            urls.push(c.target_url.as_deref());
+            deactivate.push(c.deactivate_webhook);
+            if let Some(a) = &c.attempt {
+                a_ids.push(c.id.as_str());
+                a_number.push(a.number as i32);
+                a_started.push(a.started_at);
+                a_duration.push(i64::from(a.duration_ms));
+                a_code.push(a.response_code.map(i32::from));
+                a_class.push(a.error_class.as_deref());
+                a_error.push(a.error.as_deref());
+                a_body.push(a.response_body.as_deref());
+                a_lease.push(c.lease);
+            }
+        }
+        let applied = sqlx::query_scalar::<_, i64>(COMPLETE)
+            .bind(now)
+            .bind(ids)
+            .bind(leases)
+            .bind(statuses)
+            .bind(next_at)
+            .bind(codes)
+            .bind(counted)
+            .bind(errors)
+            .bind(urls)
+            .bind(deactivate)
+            .bind(a_ids)
+            .bind(a_number)
+            .bind(a_started)
+            .bind(a_duration)
+            .bind(a_code)
+            .bind(a_class)
+            .bind(a_error)
+            .bind(a_body)
+            .bind(a_lease)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(applied as usize)
+    }
+
     /// One attempt at the ingest statement; `true` when the event was created.
     async fn try_ingest(
         &self,
@@ -1012,73 +1101,23 @@ impl Backend for PgStore {
     }
 
     async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
-        if done.is_empty() {
-            return Ok(0);
-        }
-        let n = done.len();
-        let (mut ids, mut leases, mut statuses, mut next_at) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut codes, mut counted, mut errors, mut urls, mut deactivate) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut a_ids = Vec::with_capacity(n);
-        let (mut a_number, mut a_started, mut a_duration, mut a_code) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut a_class, mut a_error, mut a_body) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        for c in &done {
-            let (status, at) = match c.next {
-                NextState::Sent => ("sent", None),
-                NextState::Failed => ("failed", None),
-                NextState::RetryAt(at) => ("pending", Some(at)),
-            };
-            ids.push(c.id.as_str());
-            leases.push(c.lease);
-            statuses.push(status);
-            next_at.push(at);
-            codes.push(c.attempt.as_ref().and_then(|a| a.response_code).map(i32::from));
-            counted.push(i32::from(c.attempt.is_some()));
-            errors.push(c.last_error.as_deref());
-            urls.push(c.target_url.as_deref());
-            deactivate.push(c.deactivate_webhook);
-            if let Some(a) = &c.attempt {
-                a_ids.push(c.id.as_str());
-                a_number.push(a.number as i32);
-                a_started.push(a.started_at);
-                a_duration.push(i64::from(a.duration_ms));
-                a_code.push(a.response_code.map(i32::from));
-                a_class.push(a.error_class.as_deref());
-                a_error.push(a.error.as_deref());
-                a_body.push(a.response_body.as_deref());
+        match self.complete_batch(&done, now).await {
+            Ok(applied) => Ok(applied),
+            // One bad row must not keep the others from being recorded: each
+            // on its own, as SQLite's writer falls back to one savepoint each.
+            Err(e) if done.len() > 1 => {
+                tracing::warn!(error = %e, results = done.len(), "recording a batch of results failed; recording them one by one");
+                let mut applied = 0;
+                for c in &done {
+                    match self.complete_batch(std::slice::from_ref(c), now).await {
+                        Ok(k) => applied += k,
+                        Err(e) => tracing::error!(error = %e, delivery = %c.id, "recording a result failed"),
+                    }
+                }
+                Ok(applied)
             }
+            Err(e) => Err(db_err(e)),
         }
-        let applied: i64 = sqlx::query_scalar(COMPLETE)
-            .bind(now)
-            .bind(ids)
-            .bind(leases)
-            .bind(statuses)
-            .bind(next_at)
-            .bind(codes)
-            .bind(counted)
-            .bind(errors)
-            .bind(urls)
-            .bind(deactivate)
-            .bind(a_ids)
-            .bind(a_number)
-            .bind(a_started)
-            .bind(a_duration)
-            .bind(a_code)
-            .bind(a_class)
-            .bind(a_error)
-            .bind(a_body)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(applied as usize)
     }
 
     async fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> Result<()> {

@@ -201,6 +201,16 @@ backend_tests! {
         assert!(history.iter().all(|a| a["error_class"] == "tls"), "{history:?}");
     }
 
+    async fn a_response_body_with_nul_bytes_or_invalid_utf8_is_kept_readably(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        receiver.script([Reply::status(200).body("ok\0ok\u{7f}")]);
+        let id = deliver_one(&app, &receiver).await;
+        let log = app.wait_for_status(&id, "sent").await;
+        assert_eq!(log["attempts"], 1);
+        assert_eq!(log["attempt_history"][0]["response_body"], "ok\u{fffd}ok\u{7f}");
+    }
+
     async fn only_the_first_kilobyte_of_a_response_body_is_kept(backend) {
         let app = TestApp::spawn(&backend).await;
         let receiver = Receiver::start().await;

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use hookline::domain::{ApiKey, ApiKeyId, EventData, EventId, EventName, ProjectId, WebhookId};
 use hookline::store::{
-    Attempt, Backend as _, Completion, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested, NewApiKey, NewEvent, NextState,
-    Project, QueueStats, Receipt, Store, Webhook,
+    Attempt, Backend as _, Completion, DeliveryStatus, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested, NewApiKey,
+    NewEvent, NextState, Project, QueueStats, Receipt, Store, Webhook,
 };
 
 use crate::backend_tests;
@@ -351,6 +351,27 @@ backend_tests! {
         assert_eq!(count_rows(&f.db, "delivery_attempts").await, 0);
         assert_eq!(count_rows(&f.db, "webhook_logs").await, 2);
         assert_eq!(count_rows(&f.db, "idempotency_keys").await, 1);
+    }
+
+    async fn a_batch_with_a_stale_and_a_current_result_for_one_delivery_records_the_current_one(backend) {
+        let f = fixture(&backend).await;
+        let a = delivery_at(&f, T).await;
+        let b = delivery_at(&f, T + 1).await;
+        let first = f.store.claim(T + 2, T + 2 + MINUTE, 2).await.unwrap();
+        let first_a = first.iter().find(|c| c.id == a).unwrap();
+        let first_b = first.iter().find(|c| c.id == b).unwrap();
+        // A manual retry cancels the lease; the delivery is claimed again while the first send is in flight.
+        f.store.retry_delivery(f.project.clone(), a.clone(), T + 3).await.unwrap();
+        let again = f.store.claim(T + 4, T + 4 + MINUTE, 1).await.unwrap();
+        assert_eq!(again[0].id, a);
+
+        let batch = vec![sent(first_a, T + 5), sent(&again[0], T + 5), sent(first_b, T + 5)];
+        assert_eq!(f.store.complete(batch, T + 5).await.unwrap(), 2, "the stale result is ignored, the others apply");
+        let (log, attempts) = f.store.get_log(f.project.clone(), a).await.unwrap().unwrap();
+        assert_eq!(log.status, DeliveryStatus::Sent);
+        assert_eq!(attempts.len(), 1, "only the current lease's attempt is recorded");
+        let (log, _) = f.store.get_log(f.project.clone(), b).await.unwrap().unwrap();
+        assert_eq!(log.status, DeliveryStatus::Sent);
     }
 
     async fn pruning_deletes_signing_secrets_past_their_overlap(backend) {
