@@ -104,6 +104,10 @@ impl From<ResponseError> for SendError {
     fn from(e: ResponseError) -> Self {
         match e {
             ResponseError::NothingReceived(m) | ResponseError::Protocol(m) => SendError::protocol(m),
+            ResponseError::TimedOut => SendError {
+                class: ErrorClass::Timeout,
+                message: "no complete answer before the request timeout".into(),
+            },
         }
     }
 }
@@ -149,18 +153,30 @@ impl DeliveryClient {
     pub async fn post(&self, url: &str, headers: HeaderMap, body: Bytes) -> Result<Answer, SendError> {
         let uri: Uri = url.parse().map_err(|e| SendError::protocol(format!("invalid target URL: {e}")))?;
         let target = Target::of(&uri).ok_or_else(|| SendError::protocol("the target URL has no http(s) host"))?;
-        let exchange = self.exchange(&target, &headers, &body);
-        tokio::time::timeout(self.request_timeout, exchange).await.unwrap_or_else(|_| {
-            Err(SendError {
-                class: ErrorClass::Timeout,
-                message: format!("no complete answer within {} s", self.request_timeout.as_secs_f32()),
-            })
-        })
+        // Every step is bounded by this deadline: connecting (also bounded by
+        // the connect timeout), the TLS handshake, sending, and the response
+        // head. A body still arriving then is cut short, but the receiver did
+        // answer: its status counts, and the attempt is not a timeout.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let timed_out = || SendError {
+            class: ErrorClass::Timeout,
+            message: format!("no complete answer within {} s", self.request_timeout.as_secs_f32()),
+        };
+        match self.exchange(&target, &headers, &body, deadline).await {
+            Err(e) if e.class == ErrorClass::Timeout && tokio::time::Instant::now() >= deadline => Err(timed_out()),
+            other => other,
+        }
     }
 
-    async fn exchange(&self, target: &Target<'_>, headers: &HeaderMap, body: &[u8]) -> Result<Answer, SendError> {
+    async fn exchange(
+        &self,
+        target: &Target<'_>,
+        headers: &HeaderMap,
+        body: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, SendError> {
         if let Some(mut conn) = self.pool.take(&target.pool_key) {
-            match conn.round_trip(target, headers, body).await {
+            match conn.round_trip(target, headers, body, deadline).await {
                 Ok(response) => return Ok(self.finish(target, conn, response)),
                 // The receiver most likely closed the connection while it sat
                 // idle (keep-alive timeouts are often a few seconds): once, on
@@ -170,14 +186,16 @@ impl DeliveryClient {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut conn = self.connect(target).await?;
-        let response = conn.round_trip(target, headers, body).await?;
+        let mut conn = self.connect(target, deadline).await?;
+        let response = conn.round_trip(target, headers, body, deadline).await?;
         Ok(self.finish(target, conn, response))
     }
 
     /// A new connection, TLS included for https.
-    async fn connect(&self, target: &Target<'_>) -> Result<Conn, SendError> {
-        let tcp = self.connector.connect(&target.host, target.port, target.https).await.map_err(|e| {
+    async fn connect(&self, target: &Target<'_>, deadline: tokio::time::Instant) -> Result<Conn, SendError> {
+        let timed_out = || SendError { class: ErrorClass::Timeout, message: "connecting timed out".into() };
+        let tcp = self.connector.connect(&target.host, target.port, target.https);
+        let tcp = tokio::time::timeout_at(deadline, tcp).await.map_err(|_| timed_out())?.map_err(|e| {
             let class = match &e {
                 ConnectError::Refused(r) if r.class() == "dns" => ErrorClass::Dns,
                 ConnectError::Refused(_) => ErrorClass::Blocked,
@@ -197,7 +215,10 @@ impl DeliveryClient {
             Host::Ipv4(ip) => ServerName::IpAddress(IpAddr::V4(ip).into()),
             Host::Ipv6(ip) => ServerName::IpAddress(IpAddr::V6(ip).into()),
         };
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| tls_error(e.to_string()))?;
+        let tls = tokio::time::timeout_at(deadline, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| tls_error(e.to_string()))?;
         Ok(Conn::new(Box::new(tls)))
     }
 
@@ -277,6 +298,7 @@ impl Conn {
         target: &Target<'_>,
         headers: &HeaderMap,
         body: &[u8],
+        deadline: tokio::time::Instant,
     ) -> Result<http1::Response, ResponseError> {
         http1::encode_request(&mut self.write, target.path, target.authority, headers, body);
         let sent = async {
@@ -284,10 +306,12 @@ impl Conn {
             // TLS holds written bytes in records until flushed.
             self.io.flush().await
         };
-        if let Err(e) = sent.await {
-            return Err(ResponseError::NothingReceived(format!("sending the request failed: {e}")));
+        match tokio::time::timeout_at(deadline, sent).await {
+            Err(_) => return Err(ResponseError::TimedOut),
+            Ok(Err(e)) => return Err(ResponseError::NothingReceived(format!("sending the request failed: {e}"))),
+            Ok(Ok(())) => {}
         }
-        http1::read_response(&mut self.io, &mut self.read).await
+        http1::read_response(&mut self.io, &mut self.read, deadline).await
     }
 }
 

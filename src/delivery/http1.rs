@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 use bytes::{Buf as _, BytesMut};
 use hyper::header::{CONTENT_LENGTH, HOST, HeaderMap, TRANSFER_ENCODING};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::time::Instant;
 
 use super::client::KEPT_BODY_BYTES;
 
@@ -81,6 +82,8 @@ pub enum ResponseError {
     /// The receiver sent something that is not an HTTP/1.x response, or the
     /// connection broke inside the response head.
     Protocol(String),
+    /// The deadline passed before the response head was complete.
+    TimedOut,
 }
 
 /// How the end of a response body is known (RFC 9112 §6.3).
@@ -109,7 +112,13 @@ enum Parsed {
 
 /// Reads one response from `io`. `buf` holds bytes already read and receives
 /// the bytes read; it is empty afterwards when the response is reusable.
-pub async fn read_response<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<Response, ResponseError> {
+/// A head not complete by `deadline` is an error; a body not complete by then
+/// ends there: the receiver answered, and its status is what counts.
+pub async fn read_response<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<Response, ResponseError> {
     let mut received = !buf.is_empty();
     // Bytes of interim responses already consumed, counted against MAX_HEAD.
     let mut interim_bytes = 0;
@@ -138,7 +147,10 @@ pub async fn read_response<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut)
             return Err(ResponseError::Protocol(format!("the response head is larger than {} KiB", MAX_HEAD / 1024)));
         }
         scanned = buf.len();
-        match fill(io, buf).await {
+        let Ok(filled) = tokio::time::timeout_at(deadline, fill(io, buf)).await else {
+            return Err(ResponseError::TimedOut);
+        };
+        match filled {
             Ok(0) if !received => {
                 return Err(ResponseError::NothingReceived("the connection closed before a response".into()));
             }
@@ -152,7 +164,7 @@ pub async fn read_response<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut)
             Ok(_) => received = true,
         }
     };
-    let (body_prefix, complete) = read_body(io, buf, head.framing).await;
+    let (body_prefix, complete) = read_body(io, buf, head.framing, deadline).await;
     Ok(Response {
         status: head.status,
         retry_after: head.retry_after,
@@ -363,7 +375,12 @@ impl Decoder {
 /// Reads the body: its prefix, and whether it was read to its end. Errors
 /// after the head end the body early but not the answer: the receiver did
 /// answer, and its status is what counts.
-async fn read_body<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, framing: Framing) -> (Vec<u8>, bool) {
+async fn read_body<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    framing: Framing,
+    deadline: Instant,
+) -> (Vec<u8>, bool) {
     let mut body = Prefix::default();
     let mut decoder = Decoder::new(framing);
     // Bytes of the body section (framing included) read so far.
@@ -385,9 +402,9 @@ async fn read_body<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, framing
         if read > DRAIN_LIMIT || (body.full() && !decoder.worth_draining(consumed)) {
             return (body.0, false);
         }
-        match fill(io, buf).await {
-            Ok(0) | Err(_) => return (body.0, false),
-            Ok(_) => {}
+        match tokio::time::timeout_at(deadline, fill(io, buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return (body.0, false),
+            Ok(Ok(_)) => {}
         }
     }
 }
@@ -401,6 +418,11 @@ mod tests {
     use tokio::io::ReadBuf;
 
     use super::*;
+
+    /// A deadline no test reaches.
+    fn far() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(3600)
+    }
 
     /// A connection that delivers `data` a few bytes per read, as a slow
     /// network would, then reports end of stream.
@@ -437,10 +459,10 @@ mod tests {
     /// readings agree; returns the response and what was left unread.
     async fn read(wire: impl AsRef<[u8]>) -> (Result<Response, ResponseError>, usize) {
         let mut slow = Trickle::new(&wire, 1);
-        let slow_result = read_response(&mut slow, &mut BytesMut::new()).await;
+        let slow_result = read_response(&mut slow, &mut BytesMut::new(), far()).await;
         let mut fast = Trickle::new(&wire, usize::MAX);
         let mut buf = BytesMut::new();
-        let result = read_response(&mut fast, &mut buf).await;
+        let result = read_response(&mut fast, &mut buf, far()).await;
         assert_eq!(format!("{slow_result:?}"), format!("{result:?}"), "the reading depends on how bytes arrive");
         (result, fast.unread() + buf.len())
     }
@@ -594,7 +616,7 @@ mod tests {
     async fn bytes_after_the_response_make_the_connection_single_use() {
         // At once: bytes that arrive after the response was read cannot be seen.
         let mut io = Trickle::new("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n", usize::MAX);
-        let r = read_response(&mut io, &mut BytesMut::new()).await.unwrap();
+        let r = read_response(&mut io, &mut BytesMut::new(), far()).await.unwrap();
         assert_eq!(r.body_prefix, b"ok");
         assert!(!r.reusable);
     }
@@ -667,5 +689,29 @@ mod tests {
             "POST /hook?a=1 HTTP/1.1\r\nhost: example.com:8443\r\ncontent-type: application/json\r\n\
              webhook-id: msg_1\r\ncontent-length: 2\r\n\r\n{}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_after_the_head_ends_at_the_deadline_with_the_status_kept() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok")
+            .await
+            .unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_millis(100);
+        let r = read_response(&mut client, &mut BytesMut::new(), deadline).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_prefix, b"ok");
+        assert!(!r.reusable);
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn a_head_that_stalls_times_out() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"HTTP/1.1 200 OK\r\ncontent-le").await.unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_millis(100);
+        let result = read_response(&mut client, &mut BytesMut::new(), deadline).await;
+        assert_eq!(result.err(), Some(ResponseError::TimedOut));
+        drop(server);
     }
 }
