@@ -119,6 +119,7 @@ impl Application {
             let worker_settings = WorkerSettings {
                 retry: settings.retry.clone(),
                 lease: settings.lease,
+                longest_send: settings.connect_timeout + settings.request_timeout,
                 poll_interval: settings.poll_interval,
                 max_in_flight: settings.max_in_flight,
                 max_per_target: settings.max_per_target,

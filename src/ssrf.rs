@@ -40,6 +40,10 @@ pub struct Policy {
 pub enum Refusal {
     #[error("target resolves to a {range} address {ip}")]
     Blocked { ip: IpAddr, range: &'static str },
+    /// A name that resolves into a blocked range. The address is not told:
+    /// it would let a tenant map the internal names of hookline's network.
+    #[error("target host {host} resolves to a {range} address")]
+    NameBlocked { host: String, range: &'static str },
     #[error("http is not allowed for {ip}: use https (http is allowed only with --dev or inside --allow-target-cidr)")]
     InsecureScheme { ip: IpAddr },
     #[error("could not resolve host {host}: {reason}")]
@@ -50,7 +54,7 @@ impl Refusal {
     /// The error class recorded on a delivery attempt.
     pub fn class(&self) -> &'static str {
         match self {
-            Refusal::Blocked { .. } | Refusal::InsecureScheme { .. } => "blocked",
+            Refusal::Blocked { .. } | Refusal::NameBlocked { .. } | Refusal::InsecureScheme { .. } => "blocked",
             Refusal::Dns { .. } => "dns",
         }
     }
@@ -94,7 +98,15 @@ impl Policy {
             }
         };
         for addr in &addrs {
-            self.check_ip(addr.ip(), https)?;
+            match (self.check_ip(addr.ip(), https), host) {
+                (Ok(()), _) => {}
+                (Err(Refusal::Blocked { ip, range }), Host::Domain(name)) => {
+                    // The operator may see the address; the tenant's message does not carry it.
+                    tracing::debug!(host = %name, %ip, range, "a target name resolves to a blocked address");
+                    return Err(Refusal::NameBlocked { host: (*name).to_owned(), range });
+                }
+                (Err(refusal), _) => return Err(refusal),
+            }
         }
         Ok(addrs)
     }
@@ -350,7 +362,8 @@ mod tests {
     async fn names_resolving_to_loopback_are_blocked() {
         let p = policy(false, &[]);
         let got = p.resolve(&Host::Domain("localhost"), 443, true).await;
-        assert!(matches!(got, Err(Refusal::Blocked { range: "loopback", .. })), "{got:?}");
+        assert_eq!(got, Err(Refusal::NameBlocked { host: "localhost".into(), range: "loopback" }));
+        assert_eq!(got.unwrap_err().to_string(), "target host localhost resolves to a loopback address");
     }
 
     #[tokio::test]

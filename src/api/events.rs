@@ -21,7 +21,8 @@ use super::logs::DeliveryState;
 use super::{AppState, ListResponse};
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{DataError, EventId};
-use crate::store::{Backend as _, Claimed, DeliverySummary, Event, IdempotencyKey, Ingested, NewEvent, Receipt};
+use crate::delivery::handoff;
+use crate::store::{Backend as _, DeliverySummary, Event, IdempotencyKey, Ingested, NewEvent, Receipt};
 
 /// Longest `Idempotency-Key` accepted (Stripe's limit).
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -207,7 +208,6 @@ async fn ingest(
         IdempotencyKey { key, fingerprint: h.finalize().into() }
     });
     let now = now_ms();
-    let lease = app.handoff.as_ref().and_then(|h| h.lease(now));
     let event = NewEvent {
         id: EventId::generate_at(now),
         project_id: project,
@@ -215,12 +215,14 @@ async fn ingest(
         data,
         created_at: now,
         idempotency,
-        lease,
+        lease: None,
     };
-    match app.store.ingest(event).await? {
-        Ingested::Created { receipt, leased } => {
+    // A task of its own: a client that hangs up after the commit must not
+    // cancel the handover of what was committed.
+    let ingest = handoff::ingest(app.store.clone(), app.handoff.clone(), app.work_ready.clone(), event);
+    match tokio::spawn(ingest).await.map_err(|e| ApiError::Internal(e.into()))?? {
+        Ingested::Created { receipt, .. } => {
             ::metrics::counter!("hookline_events_accepted_total", "event" => receipt.event_name.clone()).increment(1);
-            hand_over(&app, leased, receipt.deliveries.len());
             Ok((StatusCode::ACCEPTED, Json(ReceiptView::from(receipt))).into_response())
         }
         Ingested::Replayed(receipt) => {
@@ -278,25 +280,4 @@ async fn show(
     let id = EventId::parse(&id).ok_or(ApiError::NotFound)?;
     let (event, deliveries) = app.store.get_event(project, id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(EventView::new(event, Some(deliveries))))
-}
-
-/// Passes new deliveries to this process's worker: in memory when they were
-/// leased to it, else by waking it to claim them.
-fn hand_over(app: &AppState, leased: Vec<Claimed>, created: usize) {
-    let Some(handoff) = app.handoff.as_ref().filter(|_| !leased.is_empty()) else {
-        if created > 0 {
-            app.work_ready.notify_one();
-        }
-        return;
-    };
-    if let Err(back) = handoff.give(leased) {
-        // The worker is stopping: un-lease them so the next worker need not wait for the lease.
-        let store = app.store.clone();
-        let held = back.into_iter().map(|c| (c.id, c.lease)).collect();
-        tokio::spawn(async move {
-            if let Err(e) = store.release(held, now_ms()).await {
-                tracing::warn!(error = %e, "could not give back deliveries; their leases will expire");
-            }
-        });
-    }
 }

@@ -46,6 +46,9 @@ const TARGETS_KEPT: usize = 4_096;
 pub struct WorkerSettings {
     pub retry: RetryPolicy,
     pub lease: Duration,
+    /// The longest one send can take (connect plus request timeout): a
+    /// handed-over delivery is started only with at least this much lease left.
+    pub longest_send: Duration,
     pub poll_interval: Duration,
     pub max_in_flight: usize,
     pub max_per_target: usize,
@@ -212,23 +215,21 @@ impl Worker {
         batch: Vec<Claimed>,
         shutdown: &CancellationToken,
     ) -> bool {
-        let now = now_ms();
-        // A lease about to run out could be taken over mid-send: leave such
-        // deliveries to the claim path once it has.
-        let margin = self.settings.lease.as_millis() as i64 / 2;
+        // A send must end before its lease does, or another worker could take
+        // the delivery over mid-send: one whose lease has less left than the
+        // longest send is given back at once, for whichever worker claims it.
+        let margin = self.settings.longest_send.as_millis() as i64;
         let mut fresh = Vec::with_capacity(batch.len());
         let mut permits = Vec::with_capacity(batch.len());
         let mut batch = batch.into_iter();
         while let Some(c) = batch.next() {
-            if c.lease_until - now < margin {
-                continue;
-            }
             let permit = match slots.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
                     // Start what is ready, then wait for a slot.
                     if !fresh.is_empty() {
-                        self.start(shared, tasks, std::mem::take(&mut fresh), std::mem::take(&mut permits), now).await;
+                        let (ready, held) = (std::mem::take(&mut fresh), std::mem::take(&mut permits));
+                        self.start(shared, tasks, ready, held, now_ms()).await;
                     }
                     tokio::select! {
                         p = slots.clone().acquire_owned() => p.expect("never closed"),
@@ -242,11 +243,16 @@ impl Worker {
                     }
                 }
             };
+            let now = now_ms();
+            if c.lease_until - now < margin {
+                let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now));
+                continue;
+            }
             fresh.push(c);
             permits.push(permit);
         }
         if !fresh.is_empty() {
-            self.start(shared, tasks, fresh, permits, now).await;
+            self.start(shared, tasks, fresh, permits, now_ms()).await;
         }
         true
     }
