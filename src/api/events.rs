@@ -19,9 +19,9 @@ use super::error::responses::{
 use super::extract::{JsonBody, PageParams, QueryMap};
 use super::logs::DeliveryState;
 use super::{AppState, ListResponse};
+use crate::delivery::handoff;
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{DataError, EventId};
-use crate::delivery::handoff;
 use crate::store::{Backend as _, DeliverySummary, Event, IdempotencyKey, Ingested, NewEvent, Receipt};
 
 /// Longest `Idempotency-Key` accepted (Stripe's limit).

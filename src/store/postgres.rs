@@ -860,19 +860,31 @@ impl Backend for PgStore {
         now: UnixMs,
         overlap_until: UnixMs,
     ) -> Result<()> {
+        // Rotations of one project take turns on its row; the statements after
+        // the lock see (and expire) a secret a concurrent rotation just added,
+        // which one statement, reading its snapshot from before the wait, would not.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE")
+            .bind(project.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         sqlx::query(
-            "WITH old AS (UPDATE signing_secrets SET expires_at = LEAST(COALESCE(expires_at, $1), $1) \
-                          WHERE project_id = $2) \
-             INSERT INTO signing_secrets (project_id, sealed, created_at) VALUES ($2, $3, $4)",
+            "UPDATE signing_secrets SET expires_at = LEAST(COALESCE(expires_at, $1), $1) WHERE project_id = $2",
         )
         .bind(overlap_until)
         .bind(project.as_str())
-        .bind(sealed)
-        .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map(drop)
-        .map_err(db_err)
+        .map_err(db_err)?;
+        sqlx::query("INSERT INTO signing_secrets (project_id, sealed, created_at) VALUES ($1, $2, $3)")
+            .bind(project.as_str())
+            .bind(sealed)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
     }
 
     async fn create_webhook(&self, w: Webhook) -> Result<()> {

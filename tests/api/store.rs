@@ -374,6 +374,19 @@ backend_tests! {
         assert_eq!(log.status, DeliveryStatus::Sent);
     }
 
+    async fn concurrent_rotations_leave_one_current_secret(backend) {
+        let f = fixture(&backend).await;
+        let rotations = (0..8u8).map(|i| {
+            let (store, project) = (f.store.clone(), f.project.clone());
+            tokio::spawn(async move { store.rotate_secret(project, vec![i], T + i64::from(i), T + DAY).await })
+        });
+        for r in futures_util::future::join_all(rotations).await {
+            r.unwrap().unwrap();
+        }
+        let current = f.store.signing_secrets(vec![f.project.clone()], T + 2 * DAY).await.unwrap();
+        assert_eq!(current.len(), 1, "after every overlap has ended exactly one secret signs");
+    }
+
     async fn pruning_deletes_signing_secrets_past_their_overlap(backend) {
         let f = fixture(&backend).await;
         f.store.rotate_secret(f.project.clone(), vec![4, 5, 6], T, T + MINUTE).await.unwrap();
