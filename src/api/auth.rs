@@ -2,8 +2,8 @@
 //!
 //! Keys are looked up by their SHA-256 (see [`crate::domain::ApiKeyHash`]).
 //! Successful lookups are cached briefly so ingest does not read the database
-//! for every event; a revocation made by this process takes effect at once, one
-//! made elsewhere within [`CACHE_TTL`].
+//! for every event: a revocation (made with `hookline project revoke-key`, in
+//! another process) takes effect on a running server within [`CACHE_TTL`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -39,11 +39,6 @@ impl KeyCache {
             entries.clear();
         }
         entries.insert(hash, (project, Instant::now()));
-    }
-
-    /// Forgets every cached key of a project (after a revocation).
-    pub fn forget_project(&self, project: &ProjectId) {
-        self.entries.lock().expect("not poisoned").retain(|_, (p, _)| p != project);
     }
 }
 

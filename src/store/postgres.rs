@@ -1,11 +1,12 @@
 //! The PostgreSQL backend: one database shared by any number of hookline
 //! processes, which is then also their queue (no broker).
 //!
-//! Every operation is one statement where it can be: data-modifying CTEs
-//! commit an event with its deliveries and its idempotency key atomically, a
-//! claim selects due rows `FOR UPDATE SKIP LOCKED`, leases them and returns
-//! what is needed to send them, and a batch of completions is one guarded
-//! `UPDATE … FROM UNNEST(…)`. Statements are runtime queries (no sqlx macros),
+//! Every operation is one statement where it can be: concurrent ingests are
+//! written together, a batch per transaction (`batch_ingests`); a keyed ingest
+//! is one data-modifying CTE that commits the key, the event and its
+//! deliveries atomically; a claim selects due rows `FOR UPDATE SKIP LOCKED`,
+//! leases them and returns what is needed to send them; and a batch of
+//! completions is one guarded `UPDATE … FROM UNNEST(…)`. Statements are runtime queries (no sqlx macros),
 //! so building needs no database.
 //!
 //! Workers in other processes learn about new work through `LISTEN/NOTIFY` on
@@ -409,7 +410,7 @@ fn rows<T>(rows: Vec<PgRow>, map: fn(&PgRow) -> sqlx::Result<T>) -> Result<Vec<T
     rows.iter().map(map).collect::<sqlx::Result<_>>().map_err(db_err)
 }
 
-/// The rest of both ingest statements: the event, only when `claimed` has a
+/// The rest of the keyed ingest statement: the event, only when `claimed` has a
 /// row, and its deliveries, leased to the ingesting process when `$9` (lease
 /// end) and `$10` (token) are given. Answers 1 when the event was created, 0
 /// when the idempotency key was taken.
@@ -429,9 +430,6 @@ macro_rules! ingest_tail {
          SELECT count(*) FROM event"
     };
 }
-
-/// Ingest without an idempotency key: always creates.
-const INGEST: &str = concat!("WITH claimed AS (SELECT 1)", ingest_tail!());
 
 /// Ingest under an idempotency key. The key row is written first; when a row
 /// for the key exists, it is taken over only if it has expired (or names the
@@ -590,8 +588,8 @@ impl PgStore {
         let ids: Vec<&str> = deliveries.iter().map(|d| d.0.as_str()).collect();
         let hooks: Vec<&str> = deliveries.iter().map(|d| d.1.as_str()).collect();
         let urls: Vec<&str> = deliveries.iter().map(|d| d.2.as_str()).collect();
-        let sql = if e.idempotency.is_some() { INGEST_WITH_KEY } else { INGEST };
-        let mut query = sqlx::query_scalar::<_, i64>(sql)
+        let idem = e.idempotency.as_ref().expect("only keyed ingests take this path; the others are batched");
+        let created = sqlx::query_scalar::<_, i64>(INGEST_WITH_KEY)
             .bind(e.id.as_str())
             .bind(e.project_id.as_str())
             .bind(e.name.as_str())
@@ -601,15 +599,15 @@ impl PgStore {
             .bind(hooks)
             .bind(urls)
             .bind(e.lease.map(|l| l.until))
-            .bind(e.lease.map(|l| l.token));
-        if let Some(idem) = &e.idempotency {
-            query = query
-                .bind(idem.key.as_str())
-                .bind(&idem.fingerprint[..])
-                .bind(e.created_at - IDEMPOTENCY_WINDOW_MS)
-                .bind(stale_event);
-        }
-        Ok(query.fetch_one(&self.pool).await.map_err(db_err)? == 1)
+            .bind(e.lease.map(|l| l.token))
+            .bind(idem.key.as_str())
+            .bind(&idem.fingerprint[..])
+            .bind(e.created_at - IDEMPOTENCY_WINDOW_MS)
+            .bind(stale_event)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(created == 1)
     }
 
     /// Ingest under an idempotency key: one event at a time, as the key

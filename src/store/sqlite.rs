@@ -2,7 +2,8 @@
 //!
 //! Writes go to one dedicated writer thread that owns the only write
 //! connection and commits in groups: it takes every write request waiting in
-//! its queue, runs each inside its own savepoint, and commits them all with a
+//! its queue, runs them in one transaction (see `run_group` for how one failing
+//! write is kept from failing the others), and commits them all with a
 //! single fsync (`synchronous=FULL` in WAL mode, so a commit is on disk before
 //! anyone is answered). Under load, hundreds of ingests share one fsync; alone,
 //! a request waits for nobody. Reads use a small pool of read-only connections,
