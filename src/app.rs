@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiContext};
-use crate::config::{DatabaseUrl, Role, Settings};
+use crate::config::{DatabaseUrl, Role, Sensitive, Settings};
 use crate::delivery::client::DeliveryClient;
 use crate::delivery::handoff::Handoff;
 use crate::delivery::{Worker, WorkerSettings};
@@ -69,8 +69,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let (store, vault) =
-            open_store(&settings.database, settings.secret_key.as_deref(), settings.db_max_connections).await?;
+        let (store, vault) = open_store(
+            &settings.database,
+            settings.secret_key.as_ref().map(Sensitive::expose),
+            settings.db_max_connections,
+        )
+        .await?;
         if settings.ssrf.dev {
             tracing::warn!(
                 "--dev: http and loopback targets are allowed; never run this where tenants can reach the API"
@@ -96,7 +100,7 @@ impl Application {
             catalog: settings.catalog.clone(),
             ssrf: settings.ssrf.clone(),
             vault: vault.clone(),
-            admin_token: settings.admin_token.clone(),
+            admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
             max_data_bytes: settings.max_data_bytes,
             secret_overlap: settings.secret_overlap,
             work_ready: work_ready.clone(),

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{Application, open_store};
-use crate::config::{DatabaseArgs, LogFormat, ServeArgs, Settings};
+use crate::config::{DatabaseArgs, LogFormat, Sensitive, ServeArgs, Settings};
 use crate::domain::time::to_rfc3339;
 use crate::domain::{ApiKeyId, ProjectId};
 use crate::store::Backend as _;
@@ -98,7 +98,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate(db) => {
             telemetry::init(LogFormat::Pretty);
-            open_store(&db.database_url, db.secret_key.as_deref(), db.db_max_connections).await?;
+            open_store(&db.database_url, db.secret_key.as_ref().map(Sensitive::expose), db.db_max_connections).await?;
             eprintln!("migrations applied to {:?}", db.database_url);
             Ok(())
         }
@@ -135,20 +135,26 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
     match cmd {
         ProjectCommand::Create { name, db } => {
             let name = crate::api::admin::validate_name(&name).map_err(|e| anyhow::anyhow!("--name: {e:?}"))?;
-            let (store, vault) = open_store(&db.database_url, db.secret_key.as_deref(), db.db_max_connections).await?;
+            let (store, vault) =
+                open_store(&db.database_url, db.secret_key.as_ref().map(Sensitive::expose), db.db_max_connections)
+                    .await?;
             let p = projects::create_project(&store, &vault, name).await?;
             print_json(&json!(crate::api::admin::ProvisionedView::from(p)));
         }
         ProjectCommand::CreateKey { project, db } => {
             let project = parse_project(&project)?;
-            let (store, _) = open_store(&db.database_url, db.secret_key.as_deref(), db.db_max_connections).await?;
+            let (store, _) =
+                open_store(&db.database_url, db.secret_key.as_ref().map(Sensitive::expose), db.db_max_connections)
+                    .await?;
             let (id, key) = projects::create_api_key(&store, &project).await?.context("no such project")?;
             print_json(&json!({"id": id.as_str(), "api_key": key.expose()}));
         }
         ProjectCommand::RevokeKey { project, key, db } => {
             let project = parse_project(&project)?;
             let key = ApiKeyId::parse(&key).with_context(|| format!("{key:?} is not a key id (key_…)"))?;
-            let (store, _) = open_store(&db.database_url, db.secret_key.as_deref(), db.db_max_connections).await?;
+            let (store, _) =
+                open_store(&db.database_url, db.secret_key.as_ref().map(Sensitive::expose), db.db_max_connections)
+                    .await?;
             let revoked = store.revoke_api_key(project, key.clone(), crate::domain::time::now_ms()).await?;
             anyhow::ensure!(revoked, "the project has no active key {key}");
             eprintln!(
@@ -158,7 +164,9 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
         }
         ProjectCommand::Keys { project, db } => {
             let project = parse_project(&project)?;
-            let (store, _) = open_store(&db.database_url, db.secret_key.as_deref(), db.db_max_connections).await?;
+            let (store, _) =
+                open_store(&db.database_url, db.secret_key.as_ref().map(Sensitive::expose), db.db_max_connections)
+                    .await?;
             let keys = store.list_api_keys(project).await?;
             let keys: Vec<_> = keys
                 .into_iter()

@@ -51,6 +51,29 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// A setting that is a secret (`--secret-key`, `--admin-token`): `Debug`
+/// prints `***`, so the parsed flags can be logged or printed without it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sensitive(String);
+
+impl Sensitive {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Sensitive {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// What a `serve` process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Role {
@@ -78,7 +101,7 @@ pub struct DatabaseArgs {
     /// Base64 of 32 bytes that encrypts signing secrets at rest. With SQLite and
     /// no key, one is generated into `<database file>.key` on first start.
     #[arg(long, env = "HOOKLINE_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    pub secret_key: Option<Sensitive>,
 
     /// PostgreSQL: most connections in this process's pool (one more listens
     /// for new work). Small on purpose: every process takes up to this many of
@@ -113,7 +136,7 @@ pub struct ServeArgs {
 
     /// Enables `/v1/admin/*` for callers presenting it as a Bearer token.
     #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Sensitive>,
 
     /// Local development: allows `http` targets and loopback addresses.
     #[arg(long, env = "HOOKLINE_DEV")]
@@ -195,11 +218,11 @@ pub struct ServeArgs {
 pub struct Settings {
     pub listen: SocketAddr,
     pub database: DatabaseUrl,
-    pub secret_key: Option<String>,
+    pub secret_key: Option<Sensitive>,
     /// PostgreSQL pool size of this process.
     pub db_max_connections: u32,
     pub role: Role,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Sensitive>,
     pub ssrf: ssrf::Policy,
     pub retry: RetryPolicy,
     pub max_data_bytes: usize,
@@ -235,7 +258,7 @@ impl Settings {
             humantime::format_duration(a.lease)
         );
         if let Some(token) = &a.admin_token {
-            ensure!(token.len() >= 16, "--admin-token must be at least 16 characters");
+            ensure!(token.expose().len() >= 16, "--admin-token must be at least 16 characters");
         }
         let catalog = match &a.event_catalog {
             Some(path) => Catalog::from_file(path).context("--event-catalog")?,
@@ -313,6 +336,22 @@ mod tests {
         assert!(err(&["--db-max-connections", "0"]).contains("--db-max-connections"));
         assert!(err(&["--event-catalog", "/nonexistent.json"]).contains("--event-catalog"));
         assert!(err(&["--prune-interval", "0s"]).contains("--prune-interval"));
+    }
+
+    #[test]
+    fn secrets_in_the_flags_never_print() {
+        #[derive(clap::Parser, Debug)]
+        struct Wrapper {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let token = "admin-token-that-must-not-print";
+        let key = "c2VjcmV0LWtleS10aGF0LW11c3Qtbm90LXByaW50IQ==";
+        let args =
+            <Wrapper as clap::Parser>::try_parse_from(["x", "--admin-token", token, "--secret-key", key]).unwrap();
+        let shown = format!("{args:?}");
+        assert!(!shown.contains(token) && !shown.contains(key), "{shown}");
+        assert_eq!(args.serve.admin_token.unwrap().expose(), token);
     }
 
     #[test]

@@ -48,6 +48,12 @@ impl ApiError {
         Self::Validation(vec![FieldError::new(field, message)])
     }
 
+    /// A 422 for an event name outside the catalog, listing the allowed ones.
+    pub fn unknown_event(field: &str, catalog: &crate::domain::Catalog) -> Self {
+        let allowed: Vec<&str> = catalog.names().collect();
+        Self::invalid(field, format!("is not an allowed event; allowed: {}", allowed.join(", ")))
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,

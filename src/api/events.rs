@@ -185,10 +185,9 @@ async fn ingest(
     }
     let name = match body.get("event_name") {
         None => return Err(ApiError::invalid("event_name", "is required")),
-        Some(Value::String(s)) => app.catalog.event_name(s).ok_or_else(|| {
-            let allowed: Vec<&str> = app.catalog.names().collect();
-            ApiError::invalid("event_name", format!("is not an allowed event; allowed: {}", allowed.join(", ")))
-        })?,
+        Some(Value::String(s)) => {
+            app.catalog.event_name(s).ok_or_else(|| ApiError::unknown_event("event_name", &app.catalog))?
+        }
         Some(_) => return Err(ApiError::invalid("event_name", "must be a string")),
     };
     let data = match body.remove("data") {

@@ -78,10 +78,7 @@ impl From<Webhook> for WebhookView {
 }
 
 fn parse_event(app: &AppState, s: &str) -> Result<EventName, ApiError> {
-    app.catalog.event_name(s).ok_or_else(|| {
-        let allowed: Vec<&str> = app.catalog.names().collect();
-        ApiError::invalid("event", format!("is not an allowed event; allowed: {}", allowed.join(", ")))
-    })
+    app.catalog.event_name(s).ok_or_else(|| ApiError::unknown_event("event", &app.catalog))
 }
 
 /// Parses the URL and checks every address it resolves to against the SSRF policy.

@@ -272,6 +272,43 @@ pub enum NextState {
     RetryAt(UnixMs),
 }
 
+impl NextState {
+    /// The `status` and `next_attempt_at` columns it stands for.
+    pub fn columns(&self) -> (&'static str, Option<UnixMs>) {
+        match *self {
+            NextState::Sent => ("sent", None),
+            NextState::Failed => ("failed", None),
+            NextState::RetryAt(at) => ("pending", Some(at)),
+        }
+    }
+}
+
+impl Claimed {
+    /// A delivery created leased to the ingesting process (see
+    /// `delivery::handoff`), as its worker gets it without a claim.
+    pub fn leased_at_ingest(
+        e: &NewEvent,
+        lease: Lease,
+        id: DeliveryId,
+        webhook_id: WebhookId,
+        target_url: String,
+    ) -> Self {
+        Self {
+            id,
+            lease: lease.token,
+            lease_until: lease.until,
+            project_id: e.project_id.clone(),
+            event_id: e.id.clone(),
+            event_name: e.name.as_str().to_owned(),
+            event_created_at: e.created_at,
+            data: e.data.clone(),
+            webhook_id,
+            webhook: Some((target_url, true)),
+            attempts: 0,
+        }
+    }
+}
+
 /// The result of working on a claimed delivery.
 #[derive(Debug, Clone)]
 pub struct Completion {

@@ -302,19 +302,7 @@ fn created(e: &NewEvent, deliveries: Vec<(DeliveryId, String, String)>) -> Inges
     for (id, webhook, target_url) in deliveries {
         let webhook_id = WebhookId::from_trusted(webhook);
         if let Some(lease) = e.lease {
-            leased.push(Claimed {
-                id: id.clone(),
-                lease: lease.token,
-                lease_until: lease.until,
-                project_id: e.project_id.clone(),
-                event_id: e.id.clone(),
-                event_name: e.name.as_str().to_owned(),
-                event_created_at: e.created_at,
-                data: e.data.clone(),
-                webhook_id: webhook_id.clone(),
-                webhook: Some((target_url, true)),
-                attempts: 0,
-            });
+            leased.push(Claimed::leased_at_ingest(e, lease, id.clone(), webhook_id.clone(), target_url));
         }
         summaries.push(DeliverySummary { id, webhook_id, status: DeliveryStatus::Pending });
     }
@@ -527,11 +515,7 @@ impl PgStore {
         let (mut a_class, mut a_error, mut a_body, mut a_lease) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for c in done {
-            let (status, at) = match c.next {
-                NextState::Sent => ("sent", None),
-                NextState::Failed => ("failed", None),
-                NextState::RetryAt(at) => ("pending", Some(at)),
-            };
+            let (status, at) = c.next.columns();
             ids.push(c.id.as_str());
             leases.push(c.lease);
             statuses.push(status);

@@ -427,19 +427,7 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
         ])?;
         let webhook_id = WebhookId::from_trusted(webhook_id);
         if let Some(lease) = e.lease {
-            leased.push(Claimed {
-                id: id.clone(),
-                lease: lease.token,
-                lease_until: lease.until,
-                project_id: e.project_id.clone(),
-                event_id: e.id.clone(),
-                event_name: e.name.as_str().to_owned(),
-                event_created_at: e.created_at,
-                data: e.data.clone(),
-                webhook_id: webhook_id.clone(),
-                webhook: Some((target_url, true)),
-                attempts: 0,
-            });
+            leased.push(Claimed::leased_at_ingest(e, lease, id.clone(), webhook_id.clone(), target_url));
         }
         deliveries.push(DeliverySummary { id, webhook_id, status: DeliveryStatus::Pending });
     }
@@ -459,11 +447,7 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
 }
 
 fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
-    let (status, next_attempt_at) = match c.next {
-        NextState::Sent => ("sent", None),
-        NextState::Failed => ("failed", None),
-        NextState::RetryAt(at) => ("pending", Some(at)),
-    };
+    let (status, next_attempt_at) = c.next.columns();
     let counted = i64::from(c.attempt.is_some());
     let code = c.attempt.as_ref().and_then(|a| a.response_code);
     let changed = conn
