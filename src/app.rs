@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiContext};
 use crate::config::{DatabaseUrl, Role, Sensitive, Settings};
 use crate::delivery::client::DeliveryClient;
-use crate::delivery::handoff::Handoff;
 use crate::delivery::{Worker, WorkerSettings};
 use crate::domain::time::now_ms;
+use crate::queue::Queue;
 use crate::store::{Backend as _, Store};
 use crate::vault::Vault;
 
@@ -60,8 +59,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     worker: Option<Worker>,
-    /// Wakes the worker; also woken by work committed in other processes.
-    work_ready: Arc<Notify>,
+    queue: Queue,
     store: Store,
     retention: Duration,
     prune_interval: Duration,
@@ -81,20 +79,14 @@ impl Application {
             );
         }
         let vault = Arc::new(vault);
-        let work_ready = Arc::new(Notify::new());
         // Installed before anything is counted: counts made earlier would be lost.
         crate::telemetry::metrics();
         let openapi =
             serde_json::to_value(api::openapi(&settings.catalog)).context("serializing the OpenAPI document")?;
         let secrets = Arc::new(crate::projects::SecretCache::default());
         // In one process, ingest hands new deliveries straight to the worker.
-        let (handoff, handoff_rx) = match settings.role {
-            Role::All => {
-                let (h, rx) = Handoff::new(settings.max_in_flight * HANDOFF_PER_SLOT, settings.lease);
-                (Some(h), Some(rx))
-            }
-            Role::Api | Role::Worker => (None, None),
-        };
+        let handoff_limit = (settings.role == Role::All).then_some(settings.max_in_flight * HANDOFF_PER_SLOT);
+        let (queue, handoff) = Queue::new(store.clone(), settings.lease, handoff_limit);
         let state = Arc::new(ApiContext {
             store: store.clone(),
             catalog: settings.catalog.clone(),
@@ -103,8 +95,7 @@ impl Application {
             admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
             max_data_bytes: settings.max_data_bytes,
             secret_overlap: settings.secret_overlap,
-            work_ready: work_ready.clone(),
-            handoff,
+            queue: queue.clone(),
             secrets: secrets.clone(),
             keys: Default::default(),
             openapi,
@@ -122,14 +113,13 @@ impl Application {
             );
             let worker_settings = WorkerSettings {
                 retry: settings.retry.clone(),
-                lease: settings.lease,
                 longest_send: settings.connect_timeout + settings.request_timeout,
                 poll_interval: settings.poll_interval,
                 max_in_flight: settings.max_in_flight,
                 max_per_target: settings.max_per_target,
                 shutdown_grace: settings.shutdown_grace,
             };
-            Worker::new(store.clone(), vault, secrets, client, worker_settings, work_ready.clone(), handoff_rx)
+            Worker::new(queue.clone(), handoff, store.clone(), vault, secrets, client, worker_settings)
         });
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
@@ -137,7 +127,7 @@ impl Application {
             listener,
             router,
             worker,
-            work_ready,
+            queue,
             store,
             retention: settings.retention,
             prune_interval: settings.prune_interval,
@@ -163,10 +153,7 @@ impl Application {
         tracing::info!(address = %self.local_addr(), "hookline is listening");
         if self.worker.is_some() {
             // Listening before the worker's first claim: nothing committed after it is missed.
-            self.store
-                .watch_for_work(self.work_ready.clone(), stop.clone())
-                .await
-                .context("listening for work from other processes")?;
+            self.queue.watch_for_work(stop.clone()).await.context("listening for work from other processes")?;
         }
         let worker = self.worker.map(|w| tokio::spawn(w.run(stop.clone())));
         let pruner = tokio::spawn(prune_forever(self.store.clone(), self.retention, self.prune_interval, stop.clone()));

@@ -42,6 +42,7 @@ pub mod demo;
 pub mod domain;
 pub mod listen;
 pub mod projects;
+pub mod queue;
 pub mod signing;
 pub mod ssrf;
 pub mod store;

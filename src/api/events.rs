@@ -19,7 +19,6 @@ use super::error::responses::{
 use super::extract::{JsonBody, PageParams, QueryMap};
 use super::logs::DeliveryState;
 use super::{AppState, ListResponse};
-use crate::delivery::handoff;
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{DataError, EventId};
 use crate::store::{Backend as _, DeliverySummary, Event, IdempotencyKey, Ingested, NewEvent, Receipt};
@@ -99,7 +98,7 @@ impl From<Receipt> for ReceiptView {
     fn from(r: Receipt) -> Self {
         Self {
             id: r.event_id.to_string(),
-            event_name: r.event_name,
+            event_name: r.event_name.to_string(),
             created_at: to_rfc3339(r.created_at),
             deliveries: r.deliveries.into_iter().map(Into::into).collect(),
         }
@@ -125,7 +124,7 @@ impl EventView {
     fn new(e: Event, deliveries: Option<Vec<DeliverySummary>>) -> Self {
         Self {
             id: e.id.to_string(),
-            event_name: e.event_name,
+            event_name: e.event_name.to_string(),
             data: RawValue::from_string(e.data.as_json().to_owned()).expect("stored data is JSON"),
             created_at: to_rfc3339(e.created_at),
             deliveries: deliveries.map(|d| d.into_iter().map(Into::into).collect()),
@@ -216,12 +215,10 @@ async fn ingest(
         idempotency,
         lease: None,
     };
-    // A task of its own: a client that hangs up after the commit must not
-    // cancel the handover of what was committed.
-    let ingest = handoff::ingest(app.store.clone(), app.handoff.clone(), app.work_ready.clone(), event);
-    match tokio::spawn(ingest).await.map_err(|e| ApiError::Internal(e.into()))?? {
+    match app.queue.enqueue(event).await? {
         Ingested::Created { receipt, .. } => {
-            ::metrics::counter!("hookline_events_accepted_total", "event" => receipt.event_name.clone()).increment(1);
+            ::metrics::counter!("hookline_events_accepted_total", "event" => receipt.event_name.to_string())
+                .increment(1);
             Ok((StatusCode::ACCEPTED, Json(ReceiptView::from(receipt))).into_response())
         }
         Ingested::Replayed(receipt) => {

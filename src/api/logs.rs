@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::error::responses::{NotFound, Unauthorized, Unprocessable};
 use super::extract::{PageParams, QueryMap};
 use super::{AppState, ListResponse};
-use crate::domain::time::{now_ms, parse_rfc3339, to_rfc3339};
+use crate::domain::time::{parse_rfc3339, to_rfc3339};
 use crate::domain::{DeliveryId, EventId, WebhookId};
 use crate::store::{Attempt, Backend as _, DeliveryLog, DeliveryStatus, LogFilter};
 
@@ -72,10 +72,10 @@ impl From<DeliveryLog> for LogView {
         Self {
             id: l.id.to_string(),
             project_id: l.project_id.to_string(),
-            event: l.event,
+            event: l.event.to_string(),
             event_id: l.event_id.to_string(),
             webhook_id: l.webhook_id.to_string(),
-            target_url: l.target_url,
+            target_url: l.target_url.to_string(),
             status: l.status.into(),
             response_code: l.response_code,
             attempts: l.attempts,
@@ -248,7 +248,6 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<LogView>), ApiError> {
     let id = DeliveryId::parse(&id).ok_or(ApiError::NotFound)?;
-    let log = app.store.retry_delivery(project, id, now_ms()).await?.ok_or(ApiError::NotFound)?;
-    app.work_ready.notify_one();
+    let log = app.queue.retry_now(project, id).await?.ok_or(ApiError::NotFound)?;
     Ok((StatusCode::ACCEPTED, Json(log.into())))
 }

@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::http::{HeaderName, Request};
 use axum::{Json, Router};
 use serde::Serialize;
-use tokio::sync::Notify;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::OpenApi as OpenApiDoc;
@@ -44,10 +43,8 @@ pub struct ApiContext {
     pub max_data_bytes: usize,
     /// How long a rotated-out signing secret keeps signing.
     pub secret_overlap: Duration,
-    /// Wakes this process's delivery worker when new work was committed.
-    pub work_ready: Arc<Notify>,
-    /// Hands new deliveries to this process's worker in memory, when it runs one.
-    pub handoff: Option<Arc<crate::delivery::handoff::Handoff>>,
+    /// Where accepted events and manual retries go.
+    pub queue: crate::queue::Queue,
     /// The worker's cache of signing secrets, forgotten on rotation.
     pub secrets: Arc<crate::projects::SecretCache>,
     pub keys: auth::KeyCache,

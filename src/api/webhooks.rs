@@ -68,8 +68,8 @@ impl From<Webhook> for WebhookView {
     fn from(w: Webhook) -> Self {
         Self {
             id: w.id.to_string(),
-            event: w.event,
-            target_url: w.target_url,
+            event: w.event.to_string(),
+            target_url: w.target_url.to_string(),
             is_active: w.is_active,
             created_at: to_rfc3339(w.created_at),
             updated_at: to_rfc3339(w.updated_at),
@@ -120,8 +120,8 @@ async fn create(
     let webhook = Webhook {
         id: WebhookId::generate(),
         project_id: project,
-        event: event.as_str().to_owned(),
-        target_url: url.as_str().to_owned(),
+        event,
+        target_url: url,
         is_active: body.is_active,
         created_at: now,
         updated_at: now,
@@ -210,7 +210,7 @@ async fn update(
     app.store.get_webhook(project.clone(), id.clone()).await?.ok_or(ApiError::NotFound)?;
     let event = body.event.as_deref().map(|e| parse_event(&app, e)).transpose()?;
     let target_url = match body.target_url.as_deref() {
-        Some(raw) => Some(vet_target(&app, raw).await?.as_str().to_owned()),
+        Some(raw) => Some(vet_target(&app, raw).await?),
         None => None,
     };
     let patch = WebhookPatch { event, target_url, is_active: body.is_active };

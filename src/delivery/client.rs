@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hyper::Uri;
 use hyper::header::{HeaderMap, HeaderValue};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -32,6 +31,7 @@ use url::Host;
 
 use super::http1::{self, ResponseError};
 use super::policy::ErrorClass;
+use crate::domain::TargetUrl;
 use crate::ssrf::{Policy, Refusal};
 
 /// How much of a response body is kept in the attempt log.
@@ -150,9 +150,7 @@ impl DeliveryClient {
 
     /// POSTs `body` to `url` with `headers`; reads at most the kept prefix of
     /// the answer (a small body is read to its end to keep the connection).
-    pub async fn post(&self, url: &str, headers: HeaderMap, body: Bytes) -> Result<Answer, SendError> {
-        let uri: Uri = url.parse().map_err(|e| SendError::protocol(format!("invalid target URL: {e}")))?;
-        let target = Target::of(&uri).ok_or_else(|| SendError::protocol("the target URL has no http(s) host"))?;
+    pub async fn post(&self, target: &TargetUrl, headers: HeaderMap, body: Bytes) -> Result<Answer, SendError> {
         // Every step is bounded by this deadline: connecting (also bounded by
         // the connect timeout), the TLS handshake, sending, and the response
         // head. A body still arriving then is cut short, but the receiver did
@@ -162,7 +160,7 @@ impl DeliveryClient {
             class: ErrorClass::Timeout,
             message: format!("no complete answer within {} s", self.request_timeout.as_secs_f32()),
         };
-        match self.exchange(&target, &headers, &body, deadline).await {
+        match self.exchange(target, &headers, &body, deadline).await {
             Err(e) if e.class == ErrorClass::Timeout && tokio::time::Instant::now() >= deadline => Err(timed_out()),
             other => other,
         }
@@ -170,12 +168,12 @@ impl DeliveryClient {
 
     async fn exchange(
         &self,
-        target: &Target<'_>,
+        target: &TargetUrl,
         headers: &HeaderMap,
         body: &[u8],
         deadline: tokio::time::Instant,
     ) -> Result<Answer, SendError> {
-        if let Some(mut conn) = self.pool.take(&target.pool_key) {
+        if let Some(mut conn) = self.pool.take(target.pool_key()) {
             match conn.round_trip(target, headers, body, deadline).await {
                 Ok(response) => return Ok(self.finish(target, conn, response)),
                 // The receiver most likely closed the connection while it sat
@@ -192,9 +190,10 @@ impl DeliveryClient {
     }
 
     /// A new connection, TLS included for https.
-    async fn connect(&self, target: &Target<'_>, deadline: tokio::time::Instant) -> Result<Conn, SendError> {
+    async fn connect(&self, target: &TargetUrl, deadline: tokio::time::Instant) -> Result<Conn, SendError> {
         let timed_out = || SendError { class: ErrorClass::Timeout, message: "connecting timed out".into() };
-        let tcp = self.connector.connect(&target.host, target.port, target.https);
+        let host = target.host();
+        let tcp = self.connector.connect(&host, target.port(), target.is_https());
         let tcp = tokio::time::timeout_at(deadline, tcp).await.map_err(|_| timed_out())?.map_err(|e| {
             let class = match &e {
                 ConnectError::Refused(r) if r.class() == "dns" => ErrorClass::Dns,
@@ -204,13 +203,13 @@ impl DeliveryClient {
             };
             SendError { class, message: e.to_string() }
         })?;
-        if !target.https {
+        if !target.is_https() {
             return Ok(Conn::new(Box::new(tcp)));
         }
         let tls_error =
             |detail: String| SendError { class: ErrorClass::Tls, message: format!("TLS handshake failed: {detail}") };
         // SNI and certificate check against the URL's host, never the address.
-        let name = match target.host {
+        let name = match target.host() {
             Host::Domain(d) => ServerName::try_from(d.to_owned()).map_err(|e| tls_error(e.to_string()))?,
             Host::Ipv4(ip) => ServerName::IpAddress(IpAddr::V4(ip).into()),
             Host::Ipv6(ip) => ServerName::IpAddress(IpAddr::V6(ip).into()),
@@ -223,9 +222,9 @@ impl DeliveryClient {
     }
 
     /// Gives a reusable connection back to the pool and shapes the answer.
-    fn finish(&self, target: &Target<'_>, conn: Conn, response: http1::Response) -> Answer {
+    fn finish(&self, target: &TargetUrl, conn: Conn, response: http1::Response) -> Answer {
         if response.reusable {
-            self.pool.put(&target.pool_key, conn);
+            self.pool.put(target.pool_key(), conn);
         }
         Answer {
             status: response.status,
@@ -233,45 +232,6 @@ impl DeliveryClient {
             // Kept in the log: valid UTF-8, and no NUL, which PostgreSQL text refuses.
             body_prefix: String::from_utf8_lossy(&response.body_prefix).replace('\0', "\u{FFFD}"),
         }
-    }
-}
-
-/// The parts of a target URL a request needs.
-struct Target<'a> {
-    https: bool,
-    host: Host<&'a str>,
-    port: u16,
-    /// The `Host` header: the URL's authority.
-    authority: &'a str,
-    path: &'a str,
-    /// Connections are shared by scheme, host and port.
-    pool_key: String,
-}
-
-impl<'a> Target<'a> {
-    fn of(uri: &'a Uri) -> Option<Self> {
-        let https = match uri.scheme_str()? {
-            "https" => true,
-            "http" => false,
-            _ => return None,
-        };
-        let raw_host = uri.host().filter(|h| !h.is_empty())?;
-        let host = match raw_host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(v6) => Host::Ipv6(v6.parse().ok()?),
-            // Any other notation is a name: the resolver turns it into
-            // addresses, and the policy judges those.
-            None => raw_host.parse().map_or(Host::Domain(raw_host), Host::Ipv4),
-        };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        // Target URLs never carry userinfo (refused when a webhook is saved);
-        // should one slip through, it must not reach the Host header.
-        let authority = uri.authority()?.as_str();
-        let authority = authority.rsplit_once('@').map_or(authority, |(_, host_port)| host_port);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let path = if path.starts_with('/') { path } else { "/" };
-        let scheme = if https { "https" } else { "http" };
-        let pool_key = format!("{scheme}://{raw_host}:{port}");
-        Some(Self { https, host, port, authority, path, pool_key })
     }
 }
 
@@ -295,12 +255,12 @@ impl Conn {
 
     async fn round_trip(
         &mut self,
-        target: &Target<'_>,
+        target: &TargetUrl,
         headers: &HeaderMap,
         body: &[u8],
         deadline: tokio::time::Instant,
     ) -> Result<http1::Response, ResponseError> {
-        http1::encode_request(&mut self.write, target.path, target.authority, headers, body);
+        http1::encode_request(&mut self.write, target.path_and_query(), target.authority(), headers, body);
         let sent = async {
             self.io.write_all(&self.write).await?;
             // TLS holds written bytes in records until flushed.
@@ -433,7 +393,7 @@ mod tests {
     }
 
     async fn post(client: &DeliveryClient, url: &str) -> Result<Answer, SendError> {
-        client.post(url, HeaderMap::new(), Bytes::from_static(b"{}")).await
+        client.post(&TargetUrl::parse(url).unwrap(), HeaderMap::new(), Bytes::from_static(b"{}")).await
     }
 
     #[tokio::test]
@@ -561,23 +521,5 @@ mod tests {
         let e = post(&client(), &format!("https://127.0.0.1:{port}/hook")).await.unwrap_err();
         assert_eq!(e.class, ErrorClass::Tls, "{}", e.message);
         assert!(e.message.contains("certificate"), "{}", e.message);
-    }
-
-    #[test]
-    fn targets_are_pooled_by_scheme_host_and_port() {
-        let cases = [
-            ("http://127.0.0.1:8080/a?b=c", "http://127.0.0.1:8080", "127.0.0.1:8080", "/a?b=c"),
-            ("https://example.com/hook", "https://example.com:443", "example.com", "/hook"),
-            ("https://example.com:8443", "https://example.com:8443", "example.com:8443", "/"),
-            ("http://[::1]:9/x", "http://[::1]:9", "[::1]:9", "/x"),
-            ("http://u:p@example.com/x", "http://example.com:80", "example.com", "/x"),
-        ];
-        for (url, key, authority, path) in cases {
-            let uri: Uri = url.parse().unwrap();
-            let t = Target::of(&uri).unwrap();
-            assert_eq!((t.pool_key.as_str(), t.authority, t.path), (key, authority, path), "{url}");
-        }
-        assert!(Target::of(&"ftp://example.com/x".parse().unwrap()).is_none());
-        assert!(Target::of(&"/relative".parse().unwrap()).is_none());
     }
 }

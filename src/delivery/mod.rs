@@ -3,13 +3,13 @@
 //!
 //! - [`worker`]: the dispatcher loop (claim → spawn sends → record in batches),
 //!   leases, per-target fairness and graceful shutdown.
-//! - [`handoff`]: deliveries passed from ingest to the worker in memory.
+//! - [`envelope`]: the request body, as signed.
 //! - [`client`]: the HTTP client: connection pool, TLS, SSRF-guarded connector.
 //! - [`http1`]: the HTTP/1.1 wire format the client speaks.
 //! - [`policy`]: the outcome rules and the retry schedule, as pure functions.
 
 pub mod client;
-pub mod handoff;
+pub mod envelope;
 mod http1;
 pub mod policy;
 pub mod worker;

@@ -1,7 +1,7 @@
 //! The delivery worker.
 //!
 //! One dispatcher task takes work from two sources: deliveries that ingest in
-//! this process leased to it and handed over in memory ([`super::handoff`]),
+//! this process leased to it and handed over in memory ([`crate::queue::handoff`]),
 //! and due deliveries it claims from the database in batches (as many as there
 //! are free in-flight slots). It spawns one task per delivery, and goes back
 //! to sleep when nothing is due. It wakes on an in-process signal when new work is
@@ -15,21 +15,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::client::{DeliveryClient, SendError, header};
-use super::handoff::HandoffReceiver;
+use super::envelope;
 use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_after};
-use crate::domain::time::{now_ms, to_rfc3339};
+use crate::domain::time::now_ms;
 use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs};
 use crate::projects;
+use crate::queue::{HandoffReceiver, Queue};
 use crate::signing;
-use crate::store::{Attempt, Backend as _, Claimed, Completion, LeaseToken, NextState, Store};
+use crate::store::{Attempt, Claimed, Completion, LeaseToken, NextState, Store};
 use crate::vault::Vault;
 
 /// Most deliveries claimed in one statement.
@@ -45,7 +45,6 @@ const TARGETS_KEPT: usize = 4_096;
 
 pub struct WorkerSettings {
     pub retry: RetryPolicy,
-    pub lease: Duration,
     /// The longest one send can take (connect plus request timeout): a
     /// handed-over delivery is started only with at least this much lease left.
     pub longest_send: Duration,
@@ -75,11 +74,12 @@ enum TaskEnd {
 }
 
 pub struct Worker {
+    queue: Queue,
+    /// Where the signing secrets are read from.
     store: Store,
     vault: Arc<Vault>,
     secrets: Arc<projects::SecretCache>,
     settings: WorkerSettings,
-    work_ready: Arc<Notify>,
     /// Taken by `run` into the state its tasks share.
     client: Option<DeliveryClient>,
     /// Deliveries leased to this worker at ingest, when the API runs in this process.
@@ -88,15 +88,15 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
+        queue: Queue,
+        handoff: Option<HandoffReceiver>,
         store: Store,
         vault: Arc<Vault>,
         secrets: Arc<projects::SecretCache>,
         client: DeliveryClient,
         settings: WorkerSettings,
-        work_ready: Arc<Notify>,
-        handoff: Option<HandoffReceiver>,
     ) -> Self {
-        Self { store, vault, secrets, settings, work_ready, client: Some(client), handoff }
+        Self { queue, store, vault, secrets, settings, client: Some(client), handoff }
     }
 
     /// Runs until `shutdown` is cancelled, then stops taking work, lets
@@ -111,8 +111,7 @@ impl Worker {
             in_flight: Mutex::new(HashMap::new()),
             results: results_tx,
         });
-        let recorder =
-            tokio::spawn(record(self.store.clone(), results_rx, self.work_ready.clone(), self.settings.poll_interval));
+        let recorder = tokio::spawn(record(self.queue.clone(), results_rx, self.settings.poll_interval));
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
         let mut handoff = self.handoff.take();
         let mut tasks = JoinSet::new();
@@ -149,7 +148,7 @@ impl Worker {
                         }
                     }
                 }
-                _ = self.work_ready.notified() => claim_wanted = true,
+                _ = self.queue.work_ready() => claim_wanted = true,
                 _ = poll.tick() => claim_wanted = true,
             }
         }
@@ -170,7 +169,7 @@ impl Worker {
         drop(shared);
         let _ = recorder.await;
         if !left.is_empty()
-            && let Err(e) = self.store.release(left, now_ms()).await
+            && let Err(e) = self.queue.release(left, now_ms()).await
         {
             tracing::error!(error = %e, "giving back deliveries failed; their leases will expire");
         }
@@ -194,8 +193,7 @@ impl Worker {
         }
         let asked = permits.len();
         let now = now_ms();
-        let lease_ms = self.settings.lease.as_millis() as i64;
-        let claimed = self.store.claim(now, now + lease_ms, asked as u32).await?;
+        let claimed = self.queue.claim(now, asked as u32).await?;
         let full = claimed.len() == asked;
         if !claimed.is_empty() {
             permits.truncate(claimed.len());
@@ -329,19 +327,6 @@ impl Shared {
     }
 }
 
-/// The request body: the raw bytes that are signed.
-fn body_of(c: &Claimed) -> Bytes {
-    // Ids and catalog event names contain no character that needs escaping,
-    // and data is stored as compact JSON text, so this is valid JSON.
-    Bytes::from(format!(
-        r#"{{"id":"{}","type":"{}","timestamp":"{}","data":{}}}"#,
-        c.event_id,
-        c.event_name,
-        to_rfc3339(c.event_created_at),
-        c.data.as_json()
-    ))
-}
-
 fn failed_without_attempt(c: &Claimed, reason: &str) -> TaskEnd {
     tracing::debug!(reason, "delivery failed without an attempt");
     ::metrics::counter!("hookline_deliveries_total", "outcome" => "failed").increment(1);
@@ -363,8 +348,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
     if !active {
         return failed_without_attempt(&c, "the webhook is disabled");
     }
-    let authority = url.split('/').nth(2).unwrap_or_default().to_owned();
-    let slots = shared.target_slots(&authority);
+    let slots = shared.target_slots(url.pool_key());
     let _target_permit = match slots.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => match tokio::time::timeout(TARGET_WAIT, slots.acquire_owned()).await {
@@ -382,7 +366,10 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
             message: "the project's signing secret could not be loaded".to_owned(),
         }),
         Some(secrets) => {
-            let body = body_of(&c);
+            let body = match envelope::body(&c.event_id, &c.event_name, c.event_created_at, &c.data) {
+                Ok(body) => body,
+                Err(e) => return failed_without_attempt(&c, &e.to_string()),
+            };
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
             let result = shared.client.post(&url, headers, body).await;
             ::metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(clock.elapsed().as_secs_f64());
@@ -451,7 +438,7 @@ fn signed_headers(c: &Claimed, secrets: &[SigningSecret], body: &[u8], timestamp
     let mut h = HeaderMap::with_capacity(8);
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(USER_AGENT, HeaderValue::from_static(super::USER_AGENT));
-    h.insert("x-event-name", header(&c.event_name));
+    h.insert("x-event-name", header(c.event_name.as_str()));
     h.insert("x-signature", header(&signing::x_signature(secrets[0].expose(), body)));
     h.insert("webhook-id", header(c.id.as_str()));
     h.insert("webhook-timestamp", header(&timestamp.to_string()));
@@ -462,12 +449,7 @@ fn signed_headers(c: &Claimed, secrets: &[SigningSecret], body: &[u8], timestamp
 /// Writes results in batches, retrying a failed write a few times: a result
 /// that cannot be written is not lost work, only a delivery that will be sent
 /// again once its lease expires.
-async fn record(
-    store: Store,
-    mut results: mpsc::UnboundedReceiver<TaskEnd>,
-    work_ready: Arc<Notify>,
-    poll_interval: Duration,
-) {
+async fn record(queue: Queue, mut results: mpsc::UnboundedReceiver<TaskEnd>, poll_interval: Duration) {
     let mut done = Vec::with_capacity(RECORD_BATCH);
     let mut given_back: HashMap<UnixMs, Vec<(DeliveryId, LeaseToken)>> = HashMap::new();
     while let Some(first) = results.recv().await {
@@ -485,19 +467,19 @@ async fn record(
             if let NextState::RetryAt(at) = c.next
                 && at - now < poll_interval.as_millis() as i64
             {
-                let work_ready = work_ready.clone();
+                let queue = queue.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis((at - now_ms()).max(0) as u64)).await;
-                    work_ready.notify_one();
+                    queue.wake();
                 });
             }
         }
         if !done.is_empty() {
             let batch = std::mem::take(&mut done);
-            with_retries("recording delivery results", || store.complete(batch.clone(), now)).await;
+            with_retries("recording delivery results", || queue.complete(batch.clone(), now)).await;
         }
         for (at, held) in given_back.drain() {
-            with_retries("giving deliveries back", || store.release(held.clone(), at)).await;
+            with_retries("giving deliveries back", || queue.release(held.clone(), at)).await;
         }
     }
 }

@@ -7,14 +7,34 @@
 //! question, asked at creation and again at every delivery attempt.
 
 use std::fmt;
+use std::sync::Arc;
 
-use url::{Host, Url};
+use url::{Host, Position, Url};
 
 /// Longer URLs are almost certainly a mistake or an attack on log storage.
 const MAX_URL_LEN: usize = 2048;
 
-#[derive(Clone, PartialEq, Eq)]
-pub struct TargetUrl(Url);
+/// A parsed target. The parts a request needs (host, port, `Host` header,
+/// request target, pool key) are computed once here, so the delivery client
+/// never parses the URL again; cloning is a reference count.
+#[derive(Clone)]
+pub struct TargetUrl(Arc<Parts>);
+
+struct Parts {
+    url: Url,
+    /// `host[:port]` as written in the URL: the `Host` header.
+    authority: String,
+    /// Connections are shared by scheme, host and port: `https://host:443`.
+    pool_key: String,
+}
+
+impl PartialEq for TargetUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.url == other.0.url
+    }
+}
+
+impl Eq for TargetUrl {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
@@ -52,24 +72,43 @@ impl TargetUrl {
         if url.fragment().is_some() {
             return Err(UrlError::Fragment);
         }
-        Ok(Self(url))
+        let authority = url[Position::BeforeHost..Position::AfterPort].to_owned();
+        let port = url.port_or_known_default().expect("http and https have default ports");
+        let pool_key = format!("{}://{}:{port}", url.scheme(), url.host_str().expect("checked above"));
+        Ok(Self(Arc::new(Parts { url, authority, pool_key })))
     }
 
     pub fn is_https(&self) -> bool {
-        self.0.scheme() == "https"
+        self.0.url.scheme() == "https"
     }
 
     pub fn host(&self) -> Host<&str> {
-        self.0.host().expect("checked in parse")
+        self.0.url.host().expect("checked in parse")
     }
 
     pub fn port(&self) -> u16 {
-        self.0.port_or_known_default().expect("http and https have default ports")
+        self.0.url.port_or_known_default().expect("http and https have default ports")
+    }
+
+    /// `host[:port]` as written: the `Host` header of a request to it.
+    pub fn authority(&self) -> &str {
+        &self.0.authority
+    }
+
+    /// The request target: path and query (never empty: at least `/`).
+    pub fn path_and_query(&self) -> &str {
+        &self.0.url[Position::BeforePath..Position::AfterQuery]
+    }
+
+    /// What connections to this target are pooled and limited by: scheme,
+    /// host and port (`https://example.com:443`).
+    pub fn pool_key(&self) -> &str {
+        &self.0.pool_key
     }
 
     /// The canonical serialization: what is stored, shown and dialled.
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.0.url.as_str()
     }
 }
 
@@ -120,6 +159,22 @@ mod tests {
             assert_eq!(TargetUrl::parse(s), Err(want), "{s}");
         }
         assert_eq!(TargetUrl::parse(&format!("https://a.com/{}", "x".repeat(3000))), Err(UrlError::TooLong));
+    }
+
+    #[test]
+    fn the_parts_a_request_needs_are_computed_once() {
+        // (url, pool key, Host header, request target)
+        let cases = [
+            ("https://example.com/hook?x=1", "https://example.com:443", "example.com", "/hook?x=1"),
+            ("https://example.com:443/hook", "https://example.com:443", "example.com", "/hook"),
+            ("http://127.0.0.1:8081", "http://127.0.0.1:8081", "127.0.0.1:8081", "/"),
+            ("https://[::1]:9443/a/b", "https://[::1]:9443", "[::1]:9443", "/a/b"),
+            ("https://EXAMPLE.com./x", "https://example.com.:443", "example.com.", "/x"),
+        ];
+        for (url, key, authority, target) in cases {
+            let t = TargetUrl::parse(url).unwrap();
+            assert_eq!((t.pool_key(), t.authority(), t.path_and_query()), (key, authority, target), "{url}");
+        }
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ApiKeyHash, ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, UnixMs, WebhookId};
+use crate::domain::{
+    ApiKeyHash, ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId,
+};
 
 /// Errors of the storage layer. Anything here is an internal error to the API.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +76,8 @@ pub struct SealedSecret {
 pub struct Webhook {
     pub id: WebhookId,
     pub project_id: ProjectId,
-    pub event: String,
-    pub target_url: String,
+    pub event: EventName,
+    pub target_url: TargetUrl,
     pub is_active: bool,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
@@ -85,7 +87,7 @@ pub struct Webhook {
 #[derive(Debug, Clone, Default)]
 pub struct WebhookPatch {
     pub event: Option<EventName>,
-    pub target_url: Option<String>,
+    pub target_url: Option<TargetUrl>,
     pub is_active: Option<bool>,
 }
 
@@ -93,7 +95,7 @@ pub struct WebhookPatch {
 pub struct Event {
     pub id: EventId,
     pub project_id: ProjectId,
-    pub event_name: String,
+    pub event_name: EventName,
     pub data: EventData,
     pub created_at: UnixMs,
 }
@@ -163,15 +165,15 @@ pub struct DeliverySummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     pub event_id: EventId,
-    pub event_name: String,
+    pub event_name: EventName,
     pub created_at: UnixMs,
     pub deliveries: Vec<DeliverySummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
-    /// With the deliveries leased to the caller, when `NewEvent::lease` was set.
-    Created { receipt: Receipt, leased: Vec<Claimed> },
+    /// Created, with the target of each of `receipt.deliveries`, in order.
+    Created { receipt: Receipt, targets: Vec<TargetUrl> },
     /// The key was seen within 24 h for the same request: the first answer.
     Replayed(Receipt),
     /// The key was seen within 24 h for a different request.
@@ -183,10 +185,10 @@ pub enum Ingested {
 pub struct DeliveryLog {
     pub id: DeliveryId,
     pub project_id: ProjectId,
-    pub event: String,
+    pub event: EventName,
     pub event_id: EventId,
     pub webhook_id: WebhookId,
-    pub target_url: String,
+    pub target_url: TargetUrl,
     pub status: DeliveryStatus,
     pub response_code: Option<u16>,
     pub attempts: u32,
@@ -254,12 +256,12 @@ pub struct Claimed {
     pub lease_until: UnixMs,
     pub project_id: ProjectId,
     pub event_id: EventId,
-    pub event_name: String,
+    pub event_name: EventName,
     pub event_created_at: UnixMs,
     pub data: EventData,
     pub webhook_id: WebhookId,
     /// The webhook's current URL and state; `None` when it was deleted.
-    pub webhook: Option<(String, bool)>,
+    pub webhook: Option<(TargetUrl, bool)>,
     /// Attempts already recorded.
     pub attempts: u32,
 }
@@ -283,32 +285,6 @@ impl NextState {
     }
 }
 
-impl Claimed {
-    /// A delivery created leased to the ingesting process (see
-    /// `delivery::handoff`), as its worker gets it without a claim.
-    pub fn leased_at_ingest(
-        e: &NewEvent,
-        lease: Lease,
-        id: DeliveryId,
-        webhook_id: WebhookId,
-        target_url: String,
-    ) -> Self {
-        Self {
-            id,
-            lease: lease.token,
-            lease_until: lease.until,
-            project_id: e.project_id.clone(),
-            event_id: e.id.clone(),
-            event_name: e.name.as_str().to_owned(),
-            event_created_at: e.created_at,
-            data: e.data.clone(),
-            webhook_id,
-            webhook: Some((target_url, true)),
-            attempts: 0,
-        }
-    }
-}
-
 /// The result of working on a claimed delivery.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -319,7 +295,7 @@ pub struct Completion {
     /// deleted or disabled in the meantime).
     pub attempt: Option<Attempt>,
     /// The URL the attempt went to (the webhook's current one), kept in the log.
-    pub target_url: Option<String>,
+    pub target_url: Option<TargetUrl>,
     pub last_error: Option<String>,
     /// 410 Gone: the receiver asked to stop.
     pub deactivate_webhook: bool,

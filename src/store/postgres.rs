@@ -21,13 +21,14 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Postgres;
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::domain::{EventData, UnixMs};
+use crate::domain::{EventData, EventName, TargetUrl, UnixMs};
 
 /// Numbered migrations; `hookline_migrations` records the applied ones.
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
@@ -177,8 +178,8 @@ async fn batch_ingests(
             match result {
                 Ok(results) => {
                     // Deliveries not leased to this process's worker: tell every worker.
-                    let unleased = results.iter().any(|r| {
-                        matches!(r, Ok(Ingested::Created { receipt, leased }) if leased.len() < receipt.deliveries.len())
+                    let unleased = events.iter().zip(&results).any(|(e, r)| {
+                        e.lease.is_none() && matches!(r, Ok(Ingested::Created { targets, .. }) if !targets.is_empty())
                     });
                     if unleased {
                         let _ = announce.try_send(());
@@ -216,7 +217,7 @@ async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Result<Vec<In
     .bind(&names)
     .fetch_all(&mut *tx)
     .await?;
-    let mut by_pair: std::collections::HashMap<(String, String), Vec<(String, String)>> = Default::default();
+    let mut by_pair: std::collections::HashMap<(String, String), Vec<(String, TargetUrl)>> = Default::default();
     for r in &hooks {
         by_pair.entry((r.try_get(0)?, r.try_get(1)?)).or_default().push((r.try_get(2)?, r.try_get(3)?));
     }
@@ -280,13 +281,13 @@ struct DeliveryColumns {
 }
 
 impl DeliveryColumns {
-    fn push(&mut self, id: &DeliveryId, e: &NewEvent, webhook_id: &str, target_url: &str) {
+    fn push(&mut self, id: &DeliveryId, e: &NewEvent, webhook_id: &str, target_url: &TargetUrl) {
         self.ids.push(id.to_string());
         self.projects.push(e.project_id.to_string());
         self.events.push(e.name.as_str().to_owned());
         self.event_ids.push(e.id.to_string());
         self.webhooks.push(webhook_id.to_owned());
-        self.urls.push(target_url.to_owned());
+        self.urls.push(target_url.as_str().to_owned());
         // Leased deliveries are due when their lease runs out, as if claimed.
         self.due_at.push(e.lease.map_or(e.created_at, |l| l.until));
         self.leases.push(e.lease.map(|l| l.token));
@@ -294,25 +295,19 @@ impl DeliveryColumns {
     }
 }
 
-/// What ingest answers for a created event: its receipt, and its deliveries
-/// as claimed by the caller when they were created leased.
-fn created(e: &NewEvent, deliveries: Vec<(DeliveryId, String, String)>) -> Ingested {
+/// What ingest answers for a created event: its receipt, and the target of
+/// each delivery.
+fn created(e: &NewEvent, deliveries: Vec<(DeliveryId, String, TargetUrl)>) -> Ingested {
     let mut summaries = Vec::with_capacity(deliveries.len());
-    let mut leased = Vec::new();
+    let mut targets = Vec::with_capacity(deliveries.len());
     for (id, webhook, target_url) in deliveries {
         let webhook_id = WebhookId::from_trusted(webhook);
-        if let Some(lease) = e.lease {
-            leased.push(Claimed::leased_at_ingest(e, lease, id.clone(), webhook_id.clone(), target_url));
-        }
+        targets.push(target_url);
         summaries.push(DeliverySummary { id, webhook_id, status: DeliveryStatus::Pending });
     }
-    let receipt = Receipt {
-        event_id: e.id.clone(),
-        event_name: e.name.as_str().to_owned(),
-        created_at: e.created_at,
-        deliveries: summaries,
-    };
-    Ingested::Created { receipt, leased }
+    let receipt =
+        Receipt { event_id: e.id.clone(), event_name: e.name.clone(), created_at: e.created_at, deliveries: summaries };
+    Ingested::Created { receipt, targets }
 }
 
 // Column lists as macros, so statements stay `&'static str` (`concat!`).
@@ -332,6 +327,38 @@ macro_rules! log_columns {
          attempts, next_attempt_at, last_error, created_at, updated_at"
     };
 }
+
+// Typed columns: a stored URL or event name comes back as the domain type it
+// was saved from, and a row that no longer parses is an error, not a string.
+macro_rules! text_column {
+    ($ty:ty, $decode:expr) => {
+        impl sqlx::Type<Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<Postgres>>::compatible(ty)
+            }
+        }
+        impl sqlx::Encode<'_, Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+        impl<'r> sqlx::Decode<'r, Postgres> for $ty {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+                $decode(text)
+            }
+        }
+    };
+}
+
+text_column!(TargetUrl, |t: &str| TargetUrl::parse(t).map_err(Into::into));
+text_column!(EventName, |t: &str| Ok(EventName::from_trusted(t)));
 
 fn webhook_from_row(r: &PgRow) -> sqlx::Result<Webhook> {
     Ok(Webhook {
@@ -523,7 +550,7 @@ impl PgStore {
             codes.push(c.attempt.as_ref().and_then(|a| a.response_code).map(i32::from));
             counted.push(i32::from(c.attempt.is_some()));
             errors.push(c.last_error.as_deref());
-            urls.push(c.target_url.as_deref());
+            urls.push(c.target_url.as_ref().map(TargetUrl::as_str));
             deactivate.push(c.deactivate_webhook);
             if let Some(a) = &c.attempt {
                 a_ids.push(c.id.as_str());
@@ -566,7 +593,7 @@ impl PgStore {
     async fn try_ingest(
         &self,
         e: &NewEvent,
-        deliveries: &[(DeliveryId, String, String)],
+        deliveries: &[(DeliveryId, String, TargetUrl)],
         stale_event: Option<&str>,
     ) -> Result<bool> {
         let ids: Vec<&str> = deliveries.iter().map(|d| d.0.as_str()).collect();
@@ -608,7 +635,7 @@ impl PgStore {
         let deliveries = hooks
             .iter()
             .map(|r| Ok((DeliveryId::generate(), r.try_get(0)?, r.try_get(1)?)))
-            .collect::<sqlx::Result<Vec<(DeliveryId, String, String)>>>()
+            .collect::<sqlx::Result<Vec<(DeliveryId, String, TargetUrl)>>>()
             .map_err(db_err)?;
 
         // Usually one round: created. Otherwise the key is taken, by a retry
@@ -1074,7 +1101,7 @@ impl Backend for PgStore {
         found
             .iter()
             .map(|r| {
-                let url: Option<String> = r.try_get(7)?;
+                let url: Option<TargetUrl> = r.try_get(7)?;
                 let active: Option<bool> = r.try_get(8)?;
                 Ok(Claimed {
                     id: DeliveryId::from_trusted(r.try_get(0)?),

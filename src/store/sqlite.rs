@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, Row, params};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::*;
-use crate::domain::{EventData, UnixMs};
+use crate::domain::{EventData, EventName, TargetUrl, UnixMs};
 
 /// Numbered migrations; `PRAGMA user_version` records the last applied.
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
@@ -274,6 +274,32 @@ impl SqliteStore {
     }
 }
 
+// Typed columns: a stored URL or event name comes back as the domain type it
+// was saved from, and a row that no longer parses is an error, not a string.
+impl rusqlite::types::FromSql for TargetUrl {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        TargetUrl::parse(value.as_str()?).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+impl rusqlite::ToSql for TargetUrl {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for EventName {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Ok(EventName::from_trusted(value.as_str()?))
+    }
+}
+
+impl rusqlite::ToSql for EventName {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
 fn webhook_from_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
     Ok(Webhook {
         id: WebhookId::from_trusted(r.get(0)?),
@@ -352,7 +378,7 @@ fn get_log_row(conn: &Connection, project: &ProjectId, id: &DeliveryId) -> rusql
 fn receipt_of(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<Receipt>> {
     let head = conn
         .prepare_cached("SELECT event_name, created_at FROM events WHERE id = ?1")?
-        .query_row([event_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .query_row([event_id], |r| Ok((r.get::<_, EventName>(0)?, r.get::<_, i64>(1)?)))
         .optional()?;
     let Some((event_name, created_at)) = head else { return Ok(None) };
     let deliveries = conn
@@ -400,11 +426,11 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
             "SELECT id, target_url FROM project_webhooks WHERE project_id = ?1 AND event = ?2 AND is_active = 1 ORDER BY id",
         )?
         .query_map(params![e.project_id.as_str(), e.name.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            Ok((r.get::<_, String>(0)?, r.get::<_, TargetUrl>(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut deliveries = Vec::with_capacity(hooks.len());
-    let mut leased = Vec::new();
+    let mut targets = Vec::with_capacity(hooks.len());
     let mut insert = conn.prepare_cached(
         "INSERT INTO webhook_logs (id, project_id, event, event_id, webhook_id, target_url, status, attempts, \
          next_attempt_at, lease_token, created_at, updated_at) \
@@ -420,15 +446,13 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
             e.name.as_str(),
             e.id.as_str(),
             webhook_id,
-            target_url,
+            &target_url,
             due_at,
             e.lease.map(|l| l.token),
             e.created_at
         ])?;
         let webhook_id = WebhookId::from_trusted(webhook_id);
-        if let Some(lease) = e.lease {
-            leased.push(Claimed::leased_at_ingest(e, lease, id.clone(), webhook_id.clone(), target_url));
-        }
+        targets.push(target_url);
         deliveries.push(DeliverySummary { id, webhook_id, status: DeliveryStatus::Pending });
     }
     if let Some(idem) = &e.idempotency {
@@ -437,13 +461,8 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
         )?
         .execute(params![e.project_id.as_str(), idem.key, &idem.fingerprint[..], e.id.as_str(), e.created_at])?;
     }
-    let receipt = Receipt {
-        event_id: e.id.clone(),
-        event_name: e.name.as_str().to_owned(),
-        created_at: e.created_at,
-        deliveries,
-    };
-    Ok(Ingested::Created { receipt, leased })
+    let receipt = Receipt { event_id: e.id.clone(), event_name: e.name.clone(), created_at: e.created_at, deliveries };
+    Ok(Ingested::Created { receipt, targets })
 }
 
 fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
@@ -654,8 +673,8 @@ impl Backend for SqliteStore {
                 s.execute(params![
                     w.id.as_str(),
                     w.project_id.as_str(),
-                    w.event,
-                    w.target_url,
+                    &w.event,
+                    &w.target_url,
                     w.is_active,
                     w.created_at,
                     w.updated_at
@@ -866,7 +885,7 @@ impl Backend for SqliteStore {
             for id in ids {
                 let c = details
                     .query_row([&id], |r| {
-                        let url: Option<String> = r.get(6)?;
+                        let url: Option<TargetUrl> = r.get(6)?;
                         let active: Option<bool> = r.get(7)?;
                         Ok(Claimed {
                             id: DeliveryId::from_trusted(id.clone()),
@@ -981,8 +1000,8 @@ mod tests {
         let webhook = |id: WebhookId| Webhook {
             id,
             project_id: project.id.clone(),
-            event: "order.paid".into(),
-            target_url: "https://example.com/".into(),
+            event: EventName::from_trusted("order.paid"),
+            target_url: TargetUrl::parse("https://example.com/").unwrap(),
             is_active: true,
             created_at: 1,
             updated_at: 1,

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use hookline::domain::{ApiKey, ApiKeyId, EventData, EventId, EventName, ProjectId, WebhookId};
+use hookline::domain::{ApiKey, ApiKeyId, EventData, EventId, EventName, ProjectId, TargetUrl, WebhookId};
 use hookline::store::{
     Attempt, Backend as _, Completion, DeliveryStatus, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested, NewApiKey,
     NewEvent, NextState, Project, QueueStats, Receipt, Store, Webhook,
@@ -49,8 +49,8 @@ async fn new_webhook(store: &Store, project: &ProjectId, event: &str) -> Webhook
         .create_webhook(Webhook {
             id: id.clone(),
             project_id: project.clone(),
-            event: event.into(),
-            target_url: "https://example.com/hook".into(),
+            event: EventName::from_trusted(event),
+            target_url: TargetUrl::parse("https://example.com/hook").unwrap(),
             is_active: true,
             created_at: T - DAY * 30,
             updated_at: T - DAY * 30,
@@ -140,8 +140,8 @@ backend_tests! {
         assert_eq!(claimed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&first]);
         assert_eq!(claimed[0].project_id, f.project);
         assert_eq!(claimed[0].webhook_id, f.webhook);
-        assert_eq!(claimed[0].webhook, Some(("https://example.com/hook".into(), true)));
-        assert_eq!(claimed[0].event_name, "order.paid");
+        assert_eq!(claimed[0].webhook, Some((TargetUrl::parse("https://example.com/hook").unwrap(), true)));
+        assert_eq!(claimed[0].event_name.as_str(), "order.paid");
         assert_eq!(claimed[0].data.as_json(), r#"{"order_id":"o"}"#);
         assert_eq!(claimed[0].attempts, 0);
 
@@ -222,7 +222,7 @@ backend_tests! {
 
         let again = f.store.claim(T + 500, T + MINUTE, 10).await.unwrap();
         assert_eq!(again.len(), 1);
-        assert_eq!((again[0].attempts, again[0].webhook.clone()), (1, Some(("https://example.com/hook".into(), false))));
+        assert_eq!((again[0].attempts, again[0].webhook.clone()), (1, Some((TargetUrl::parse("https://example.com/hook").unwrap(), false))));
     }
 
     async fn concurrent_claims_never_hand_out_one_delivery_twice(backend) {

@@ -16,42 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::domain::UnixMs;
-use crate::domain::time::now_ms;
-use crate::store::{self, Backend as _, Claimed, Ingested, Lease, NewEvent, Store};
+use crate::store::{Claimed, Lease};
 
-/// Stores an event and passes its new deliveries to this process's worker: in
-/// memory when they could be leased to it (`handoff` has room), else by waking
-/// it to claim them. Deliveries the worker can no longer take are given back
-/// at once, so the next worker need not wait for their lease.
-pub async fn ingest(
-    store: Store,
-    handoff: Option<Arc<Handoff>>,
-    work_ready: Arc<Notify>,
-    mut event: NewEvent,
-) -> store::Result<Ingested> {
-    event.lease = handoff.as_ref().and_then(|h| h.lease(event.created_at));
-    let mut ingested = store.ingest(event).await?;
-    if let Ingested::Created { receipt, leased } = &mut ingested {
-        let leased = std::mem::take(leased);
-        match handoff {
-            Some(handoff) if !leased.is_empty() => {
-                if let Err(back) = handoff.give(leased) {
-                    let held = back.into_iter().map(|c| (c.id, c.lease)).collect();
-                    if let Err(e) = store.release(held, now_ms()).await {
-                        tracing::warn!(error = %e, "could not give back deliveries; their leases will expire");
-                    }
-                }
-            }
-            _ if !receipt.deliveries.is_empty() => work_ready.notify_one(),
-            _ => {}
-        }
-    }
-    Ok(ingested)
-}
-
+/// Ingest's end of the in-memory path.
 pub struct Handoff {
     tx: mpsc::UnboundedSender<Vec<Claimed>>,
     /// Deliveries handed over and not yet taken by the worker.
