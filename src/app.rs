@@ -118,6 +118,7 @@ impl Application {
                 max_in_flight: settings.max_in_flight,
                 max_per_target: settings.max_per_target,
                 shutdown_grace: settings.shutdown_grace,
+                breaker_cooldown: settings.breaker_cooldown,
             };
             Worker::new(queue.clone(), handoff, store.clone(), vault, secrets, client, worker_settings)
         });

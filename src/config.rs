@@ -204,6 +204,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKLINE_MAX_PER_TARGET", default_value_t = 64)]
     pub max_per_target: usize,
 
+    /// How long a target's circuit stays open after it opened (5 consecutive
+    /// failures); doubles with each failed probe, up to 5 minutes.
+    #[arg(long, env = "HOOKLINE_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub breaker_cooldown: Duration,
+
     /// On SIGTERM/SIGINT, how long in-flight deliveries may take to finish.
     #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -238,6 +243,8 @@ pub struct Settings {
     pub max_per_target: usize,
     pub shutdown_grace: Duration,
     pub secret_overlap: Duration,
+    /// The first cool-down of a target's open circuit.
+    pub breaker_cooldown: Duration,
 }
 
 impl Settings {
@@ -252,6 +259,7 @@ impl Settings {
         ensure!(a.retention_days >= 1, "--retention-days must be at least 1");
         ensure!(!a.poll_interval.is_zero(), "--poll-interval must be positive");
         ensure!(!a.prune_interval.is_zero(), "--prune-interval must be positive");
+        ensure!(!a.breaker_cooldown.is_zero(), "--breaker-cooldown must be positive");
         ensure!(
             a.lease > a.request_timeout + a.connect_timeout,
             "--lease ({}) must be longer than --request-timeout plus --connect-timeout, or a slow delivery would be taken over while still running",
@@ -286,6 +294,7 @@ impl Settings {
             max_per_target: a.max_per_target,
             shutdown_grace: a.shutdown_grace,
             secret_overlap: a.secret_overlap,
+            breaker_cooldown: a.breaker_cooldown,
         })
     }
 

@@ -2,21 +2,24 @@
 //!
 //! One dispatcher task takes work from two sources: deliveries that ingest in
 //! this process leased to it and handed over in memory ([`crate::queue::handoff`]),
-//! and due deliveries it claims from the database in batches (as many as there
-//! are free in-flight slots). It spawns one task per delivery, and goes back
-//! to sleep when nothing is due. It wakes on an in-process signal when new work is
-//! committed, on a timer for short retries, and on a poll as the backstop
-//! (work from other processes, expired leases, retries scheduled before a
-//! restart). No transaction is open while a request is in flight: the claim is
-//! committed first, and the result is recorded afterwards by a recorder task
-//! that writes completions in batches.
+//! and due deliveries it claims from the database in batches. Both go into the
+//! [`Scheduler`], which decides what starts next: fairly between projects and
+//! webhooks, within each target's adaptive limit, its circuit breaker and its
+//! webhook's rate limit (see [`crate::queue::schedule`]). The dispatcher spawns
+//! one task per delivery it may start, and goes back to sleep when nothing may.
+//! It wakes when a send ends, on an in-process signal when new work is
+//! committed, on a timer for short retries and rate limits, and on a poll as
+//! the backstop (work from other processes, expired leases, retries scheduled
+//! before a restart). No transaction is open while a request is in flight: the
+//! claim is committed first, and the result is recorded afterwards by a
+//! recorder task that writes completions in batches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -27,6 +30,8 @@ use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_afte
 use crate::domain::time::now_ms;
 use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs};
 use crate::projects;
+use crate::queue::breaker::Health;
+use crate::queue::schedule::{Limits, Scheduler, Step, Ticket};
 use crate::queue::{HandoffReceiver, Queue};
 use crate::signing;
 use crate::store::{Attempt, Claimed, Completion, LeaseToken, NextState, Store};
@@ -36,12 +41,11 @@ use crate::vault::Vault;
 const CLAIM_BATCH: usize = 256;
 /// Most results recorded in one write.
 const RECORD_BATCH: usize = 512;
-/// How long a delivery waits for a slot of its target before it is given back.
-const TARGET_WAIT: Duration = Duration::from_millis(250);
-/// When a delivery given back for a busy target is due again.
-const TARGET_BACKOFF_MS: i64 = 1_000;
-/// Per-target semaphores kept before idle ones are dropped.
-const TARGETS_KEPT: usize = 4_096;
+/// How long a delivery may wait in the scheduler before it is given back, so
+/// that leases are not held in memory while other workers could send.
+const MAX_WAIT_MS: i64 = 5_000;
+/// When a delivery given back after waiting, or for want of its secrets, is due again.
+const GIVE_BACK_DELAY_MS: i64 = 1_000;
 
 pub struct WorkerSettings {
     pub retry: RetryPolicy,
@@ -52,18 +56,19 @@ pub struct WorkerSettings {
     pub max_in_flight: usize,
     pub max_per_target: usize,
     pub shutdown_grace: Duration,
+    /// The first cool-down of an open circuit.
+    pub breaker_cooldown: Duration,
 }
 
 /// What the per-delivery tasks share.
 struct Shared {
     client: DeliveryClient,
     retry: RetryPolicy,
-    max_per_target: usize,
-    /// One semaphore per target host, so one slow receiver cannot hold every slot.
-    targets: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Claimed and not yet finished, to give back on shutdown.
     in_flight: Mutex<HashMap<DeliveryId, LeaseToken>>,
     results: mpsc::UnboundedSender<TaskEnd>,
+    /// Tells the dispatcher that a send ended and how it went.
+    ended: mpsc::UnboundedSender<Ended>,
 }
 
 /// A finished delivery task's result for the recorder.
@@ -71,6 +76,13 @@ enum TaskEnd {
     Done(Completion),
     /// Not attempted; due again at the given time.
     GiveBack(DeliveryId, LeaseToken, UnixMs),
+}
+
+/// The end of a send, for the scheduler.
+struct Ended {
+    ticket: Ticket,
+    health: Health,
+    took: Duration,
 }
 
 pub struct Worker {
@@ -103,16 +115,27 @@ impl Worker {
     /// in-flight sends finish within the grace period, and gives back what is left.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             client: self.client.take().expect("run once"),
             retry: self.settings.retry.clone(),
-            max_per_target: self.settings.max_per_target,
-            targets: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             results: results_tx,
+            ended: ended_tx,
         });
         let recorder = tokio::spawn(record(self.queue.clone(), results_rx, self.settings.poll_interval));
-        let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
+        let max_in_flight = self.settings.max_in_flight;
+        let mut scheduler = Scheduler::new(
+            Limits {
+                max_in_flight,
+                // Half the slots: one project can never hold them all.
+                max_per_project: max_in_flight.div_ceil(2),
+                max_per_target: self.settings.max_per_target,
+            },
+            self.settings.breaker_cooldown,
+        );
+        // Deliveries held in memory before claims pause: as many as the handoff may pass.
+        let hold = max_in_flight * 4;
         let mut handoff = self.handoff.take();
         let mut tasks = JoinSet::new();
         let mut poll = tokio::time::interval(self.settings.poll_interval);
@@ -127,21 +150,31 @@ impl Worker {
                     tracing::error!(error = %e, "a delivery task failed");
                 }
             }
+            self.start_what_may_go(&shared, &mut tasks, &mut scheduler).await;
+            let wake = scheduler.wake_at();
             // Not biased: handed-over work must not starve claims of due retries.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                batch = recv(&mut handoff) => match batch {
-                    Some(batch) => {
-                        if !self.start_handed_over(&shared, &mut tasks, &slots, batch, &shutdown).await {
-                            break;
+                Some(first) = ended_rx.recv() => {
+                    let mut next = Some(first);
+                    while let Some(e) = next {
+                        if scheduler.finish(e.ticket, e.health, e.took, now_ms()) {
+                            ::metrics::counter!("hookline_breaker_opened_total").increment(1);
                         }
+                        next = ended_rx.try_recv().ok();
                     }
+                }
+                batch = recv(&mut handoff) => match batch {
+                    Some(batch) => self.hold(&shared, &mut scheduler, batch),
                     None => handoff = None,
                 },
-                permit = slots.clone().acquire_owned(), if claim_wanted => {
-                    let permit = permit.expect("never closed");
-                    match self.claim_and_start(&shared, &mut tasks, &slots, permit).await {
-                        Ok(full) => claim_wanted = full,
+                _ = std::future::ready(()), if claim_wanted && scheduler.waiting() < hold => {
+                    let asked = CLAIM_BATCH.min(hold - scheduler.waiting());
+                    match self.queue.claim(now_ms(), asked as u32).await {
+                        Ok(claimed) => {
+                            claim_wanted = claimed.len() == asked;
+                            self.hold(&shared, &mut scheduler, claimed);
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "claiming deliveries failed");
                             claim_wanted = false;
@@ -149,7 +182,15 @@ impl Worker {
                     }
                 }
                 _ = self.queue.work_ready() => claim_wanted = true,
-                _ = poll.tick() => claim_wanted = true,
+                _ = poll.tick() => {
+                    claim_wanted = true;
+                    let now = now_ms();
+                    for c in scheduler.take_stale(now - MAX_WAIT_MS) {
+                        let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now + GIVE_BACK_DELAY_MS));
+                    }
+                    ::metrics::gauge!("hookline_breaker_open_targets").set(scheduler.open_circuits() as f64);
+                }
+                _ = sleep_until_ms(wake), if wake.is_some() => {}
             }
         }
 
@@ -163,6 +204,7 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         let mut left: Vec<(DeliveryId, LeaseToken)> = shared.in_flight.lock().expect("not poisoned").drain().collect();
+        left.extend(scheduler.drain().into_iter().map(|c| (c.id, c.lease)));
         if let Some(handoff) = handoff.as_mut() {
             left.extend(handoff.close().into_iter().map(|c| (c.id, c.lease)));
         }
@@ -175,111 +217,62 @@ impl Worker {
         }
     }
 
-    /// Claims up to a batch of due deliveries (one slot is already held) and
-    /// starts them. Returns whether the batch was full, so more may be due.
-    async fn claim_and_start(
-        &self,
-        shared: &Arc<Shared>,
-        tasks: &mut JoinSet<()>,
-        slots: &Arc<Semaphore>,
-        first: OwnedSemaphorePermit,
-    ) -> crate::store::Result<bool> {
-        let mut permits = vec![first];
-        while permits.len() < CLAIM_BATCH {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+    /// Puts claimed or handed-over deliveries into the scheduler; those it
+    /// cannot hold go back to the database.
+    fn hold(&self, shared: &Shared, scheduler: &mut Scheduler, claimed: Vec<Claimed>) {
+        let now = now_ms();
+        for c in claimed {
+            // Without a rate limit column yet, every webhook is unlimited.
+            if let Some(c) = scheduler.push(c, None, now) {
+                let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now + GIVE_BACK_DELAY_MS));
             }
         }
-        let asked = permits.len();
-        let now = now_ms();
-        let claimed = self.queue.claim(now, asked as u32).await?;
-        let full = claimed.len() == asked;
-        if !claimed.is_empty() {
-            permits.truncate(claimed.len());
-            self.start(shared, tasks, claimed, permits, now).await;
-        }
-        Ok(full)
     }
 
-    /// Starts deliveries that ingest leased to this worker, each as a slot
-    /// frees up. Returns `false` if shutdown came first (the rest are given
-    /// back with the other unfinished work).
-    async fn start_handed_over(
-        &self,
-        shared: &Arc<Shared>,
-        tasks: &mut JoinSet<()>,
-        slots: &Arc<Semaphore>,
-        batch: Vec<Claimed>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    /// Starts every delivery the scheduler lets go now, and gives back the
+    /// ones it postpones.
+    async fn start_what_may_go(&self, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, scheduler: &mut Scheduler) {
+        let now = now_ms();
         // A send must end before its lease does, or another worker could take
         // the delivery over mid-send: one whose lease has less left than the
         // longest send is given back at once, for whichever worker claims it.
         let margin = self.settings.longest_send.as_millis() as i64;
-        let mut fresh = Vec::with_capacity(batch.len());
-        let mut permits = Vec::with_capacity(batch.len());
-        let mut batch = batch.into_iter();
-        while let Some(c) = batch.next() {
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    // Start what is ready, then wait for a slot.
-                    if !fresh.is_empty() {
-                        let (ready, held) = (std::mem::take(&mut fresh), std::mem::take(&mut permits));
-                        self.start(shared, tasks, ready, held, now_ms()).await;
-                    }
-                    tokio::select! {
-                        p = slots.clone().acquire_owned() => p.expect("never closed"),
-                        _ = shutdown.cancelled() => {
-                            let mut in_flight = shared.in_flight.lock().expect("not poisoned");
-                            for c in std::iter::once(c).chain(batch) {
-                                in_flight.insert(c.id, c.lease);
-                            }
-                            return false;
-                        }
-                    }
+        let mut starting = Vec::new();
+        while let Some(step) = scheduler.next(now) {
+            match step {
+                Step::Start(s) if s.claimed.lease_until - now < margin => {
+                    let _ = shared.results.send(TaskEnd::GiveBack(s.claimed.id.clone(), s.claimed.lease, now));
+                    scheduler.finish(s.ticket(), Health::Unknown, Duration::ZERO, now);
                 }
-            };
-            let now = now_ms();
-            if c.lease_until - now < margin {
-                let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now));
-                continue;
+                Step::Start(s) => starting.push(s),
+                Step::Postpone { claimed, until, why } => {
+                    ::metrics::counter!("hookline_deliveries_postponed_total", "reason" => why.as_str()).increment(1);
+                    let _ = shared.results.send(TaskEnd::GiveBack(claimed.id, claimed.lease, until));
+                }
             }
-            fresh.push(c);
-            permits.push(permit);
         }
-        if !fresh.is_empty() {
-            self.start(shared, tasks, fresh, permits, now_ms()).await;
+        if starting.is_empty() {
+            return;
         }
-        true
-    }
-
-    /// Starts one task per delivery, each holding one of `permits`.
-    async fn start(
-        &self,
-        shared: &Arc<Shared>,
-        tasks: &mut JoinSet<()>,
-        claimed: Vec<Claimed>,
-        mut permits: Vec<OwnedSemaphorePermit>,
-        now: UnixMs,
-    ) {
-        let mut projects: Vec<&ProjectId> = claimed.iter().map(|c| &c.project_id).collect();
+        let mut projects: Vec<&ProjectId> = starting.iter().map(|s| &s.claimed.project_id).collect();
         projects.sort();
         projects.dedup();
         let secrets = match self.secrets.get(&self.store, &self.vault, &projects, now).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "loading signing secrets failed; giving deliveries back");
-                for c in claimed {
-                    let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now + TARGET_BACKOFF_MS));
+                for s in starting {
+                    let ticket = s.ticket();
+                    let _ =
+                        shared.results.send(TaskEnd::GiveBack(s.claimed.id, s.claimed.lease, now + GIVE_BACK_DELAY_MS));
+                    scheduler.finish(ticket, Health::Unknown, Duration::ZERO, now);
                 }
                 return;
             }
         };
         let mut in_flight = shared.in_flight.lock().expect("not poisoned");
-        for c in claimed {
-            let permit = permits.pop().expect("one permit per delivery");
+        for started in starting {
+            let c = &started.claimed;
             in_flight.insert(c.id.clone(), c.lease);
             let secrets = secrets.get(&c.project_id).cloned();
             let shared = shared.clone();
@@ -292,15 +285,18 @@ impl Worker {
                 event_id = %c.event_id,
                 webhook_id = %c.webhook_id,
                 attempt = c.attempts + 1,
+                probe = started.probe,
             );
             tasks.spawn(
                 async move {
-                    let id = c.id.clone();
-                    let result = deliver(&shared, c, secrets).await;
+                    let ticket = started.ticket();
+                    let id = started.claimed.id.clone();
+                    let clock = std::time::Instant::now();
+                    let (result, health) = deliver(&shared, started.claimed, secrets).await;
                     // Record first, then forget: a shutdown in between cannot give back a finished delivery.
                     let _ = shared.results.send(result);
                     shared.in_flight.lock().expect("not poisoned").remove(&id);
-                    drop(permit);
+                    let _ = shared.ended.send(Ended { ticket, health, took: clock.elapsed() });
                 }
                 .instrument(span),
             );
@@ -308,22 +304,17 @@ impl Worker {
     }
 }
 
+/// Sleeps until the given unix time in ms (a wall-clock deadline of the scheduler).
+async fn sleep_until_ms(at: Option<UnixMs>) {
+    let wait = at.map_or(0, |at| (at - now_ms()).max(0));
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+}
+
 /// The next handed-over batch, or never when there is no handoff.
 async fn recv(handoff: &mut Option<HandoffReceiver>) -> Option<Vec<Claimed>> {
     match handoff {
         Some(h) => h.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-impl Shared {
-    fn target_slots(&self, authority: &str) -> Arc<Semaphore> {
-        let mut targets = self.targets.lock().expect("not poisoned");
-        if targets.len() >= TARGETS_KEPT {
-            let max = self.max_per_target;
-            targets.retain(|_, s| s.available_permits() < max);
-        }
-        targets.entry(authority.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.max_per_target))).clone()
     }
 }
 
@@ -341,21 +332,15 @@ fn failed_without_attempt(c: &Claimed, reason: &str) -> TaskEnd {
     })
 }
 
-async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSecret>>>) -> TaskEnd {
+/// Makes one attempt and decides what comes next; also says what the attempt
+/// showed of the target's health, for its circuit breaker and limit.
+async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSecret>>>) -> (TaskEnd, Health) {
     let Some((url, active)) = c.webhook.clone() else {
-        return failed_without_attempt(&c, "the webhook was deleted");
+        return (failed_without_attempt(&c, "the webhook was deleted"), Health::Unknown);
     };
     if !active {
-        return failed_without_attempt(&c, "the webhook is disabled");
+        return (failed_without_attempt(&c, "the webhook is disabled"), Health::Unknown);
     }
-    let slots = shared.target_slots(url.pool_key());
-    let _target_permit = match slots.clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(_) => match tokio::time::timeout(TARGET_WAIT, slots.acquire_owned()).await {
-            Ok(p) => p.expect("never closed"),
-            Err(_) => return TaskEnd::GiveBack(c.id, c.lease, now_ms() + TARGET_BACKOFF_MS),
-        },
-    };
 
     let number = c.attempts + 1;
     let started_at = now_ms();
@@ -368,7 +353,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         Some(secrets) => {
             let body = match envelope::body(&c.event_id, &c.event_name, c.event_created_at, &c.data) {
                 Ok(body) => body,
-                Err(e) => return failed_without_attempt(&c, &e.to_string()),
+                Err(e) => return (failed_without_attempt(&c, &e.to_string()), Health::Unknown),
             };
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
             let result = shared.client.post(&url, headers, body).await;
@@ -388,6 +373,12 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         error_class: None,
         error: None,
         response_body: None,
+    };
+    let health = match &result {
+        Ok(answer) if answer.status >= 500 => Health::Down,
+        Ok(_) => Health::Up,
+        Err(e) if e.class == ErrorClass::Signing => Health::Unknown,
+        Err(_) => Health::Down,
     };
     let (outcome, last_error) = match result {
         Ok(answer) => {
@@ -421,7 +412,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
     if deactivate {
         tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; deactivating the webhook");
     }
-    TaskEnd::Done(Completion {
+    let done = TaskEnd::Done(Completion {
         id: c.id,
         lease: c.lease,
         next,
@@ -429,7 +420,8 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         target_url: Some(url),
         last_error,
         deactivate_webhook: deactivate,
-    })
+    });
+    (done, health)
 }
 
 /// The headers of one attempt; the timestamp and signatures are fresh each time,

@@ -12,7 +12,9 @@
 //!   each applied only under the lease it was sent under.
 //! - [`Queue::retry_now`] (the API): a delivery due again at once.
 
+pub mod breaker;
 pub mod handoff;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::time::Duration;
