@@ -10,6 +10,7 @@ mod bench;
 mod cli;
 mod delivery;
 mod events;
+mod fairness;
 mod health;
 mod logs;
 mod metrics;
