@@ -134,12 +134,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
     match cmd {
         ProjectCommand::Create { name, db } => {
-            let name = crate::api::admin::validate_name(&name).map_err(|e| anyhow::anyhow!("--name: {e:?}"))?;
+            let name = projects::ProjectName::parse(&name).map_err(|e| anyhow::anyhow!("--name {e}"))?;
             let (store, vault) =
                 open_store(&db.database_url, db.secret_key.as_ref().map(Sensitive::expose), db.db_max_connections)
                     .await?;
-            let p = projects::create_project(&store, &vault, name).await?;
-            print_json(&json!(crate::api::admin::ProvisionedView::from(p)));
+            let p = projects::create_project(&store, &vault, &name).await?;
+            print_json(&json!(projects::ProvisionedView::from(p)));
         }
         ProjectCommand::CreateKey { project, db } => {
             let project = parse_project(&project)?;
@@ -159,7 +159,7 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
             anyhow::ensure!(revoked, "the project has no active key {key}");
             eprintln!(
                 "revoked {key}; running servers stop accepting it within {} s",
-                crate::api::auth::CACHE_TTL.as_secs()
+                projects::KEY_CACHE_TTL.as_secs()
             );
         }
         ProjectCommand::Keys { project, db } => {

@@ -23,7 +23,9 @@
 //! - [`signing`]: both signature schemes, sign and verify.
 //! - [`ssrf`]: which target addresses may be reached.
 //! - [`vault`]: encryption of signing secrets at rest.
-//! - [`projects`]: provisioning of projects, keys and secrets.
+//! - [`projects`]: a service over the [`store`], so it does I/O: provisioning
+//!   of projects, API keys and signing secrets, and their caches; called by
+//!   the API and the CLI alike.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
 //! - [`bench`]: the end-to-end benchmark (`hookline bench`).
 //! - [`verify`]: offline signature check of a captured request (`hookline verify`).

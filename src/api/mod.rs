@@ -50,7 +50,7 @@ pub struct ApiContext {
     pub handoff: Option<Arc<crate::delivery::handoff::Handoff>>,
     /// The worker's cache of signing secrets, forgotten on rotation.
     pub secrets: Arc<crate::projects::SecretCache>,
-    pub keys: auth::KeyCache,
+    pub keys: crate::projects::KeyCache,
     /// The OpenAPI document served at `/openapi.json` (see [`openapi`]).
     pub openapi: serde_json::Value,
 }
