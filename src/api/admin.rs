@@ -14,6 +14,7 @@ use super::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
 };
 use super::extract::TypedJson;
+use crate::config::Sensitive;
 use crate::projects::{self, ProjectName, ProvisionedView};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -55,7 +56,7 @@ async fn create_project(
     body: Result<TypedJson<CreateProject>, ApiError>,
 ) -> Result<(StatusCode, Json<ProvisionedView>), ApiError> {
     // The token is checked before the body, so without it nothing is parsed.
-    check_admin(&headers, app.admin_token.as_deref())?;
+    check_admin(&headers, app.settings.admin_token.as_ref().map(Sensitive::expose))?;
     let TypedJson(body) = body?;
     let name = ProjectName::parse(&body.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
     let provisioned = projects::create_project(&app.store, &app.vault, &name).await?;

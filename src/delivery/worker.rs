@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 use super::client::{DeliveryClient, SendError, header};
 use super::handoff::HandoffReceiver;
 use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_after};
+use crate::config::DeliverySettings;
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs};
 use crate::projects;
@@ -42,18 +43,6 @@ const TARGET_WAIT: Duration = Duration::from_millis(250);
 const TARGET_BACKOFF_MS: i64 = 1_000;
 /// Per-target semaphores kept before idle ones are dropped.
 const TARGETS_KEPT: usize = 4_096;
-
-pub struct WorkerSettings {
-    pub retry: RetryPolicy,
-    pub lease: Duration,
-    /// The longest one send can take (connect plus request timeout): a
-    /// handed-over delivery is started only with at least this much lease left.
-    pub longest_send: Duration,
-    pub poll_interval: Duration,
-    pub max_in_flight: usize,
-    pub max_per_target: usize,
-    pub shutdown_grace: Duration,
-}
 
 /// What the per-delivery tasks share.
 struct Shared {
@@ -78,7 +67,7 @@ pub struct Worker {
     store: Store,
     vault: Arc<Vault>,
     secrets: Arc<projects::SecretCache>,
-    settings: WorkerSettings,
+    settings: DeliverySettings,
     work_ready: Arc<Notify>,
     /// Taken by `run` into the state its tasks share.
     client: Option<DeliveryClient>,
@@ -92,7 +81,7 @@ impl Worker {
         vault: Arc<Vault>,
         secrets: Arc<projects::SecretCache>,
         client: DeliveryClient,
-        settings: WorkerSettings,
+        settings: DeliverySettings,
         work_ready: Arc<Notify>,
         handoff: Option<HandoffReceiver>,
     ) -> Self {
@@ -105,7 +94,7 @@ impl Worker {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             client: self.client.take().expect("run once"),
-            retry: self.settings.retry.clone(),
+            retry: RetryPolicy::from(&self.settings.retry),
             max_per_target: self.settings.max_per_target,
             targets: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -218,7 +207,7 @@ impl Worker {
         // A send must end before its lease does, or another worker could take
         // the delivery over mid-send: one whose lease has less left than the
         // longest send is given back at once, for whichever worker claims it.
-        let margin = self.settings.longest_send.as_millis() as i64;
+        let margin = self.settings.longest_send().as_millis() as i64;
         let mut fresh = Vec::with_capacity(batch.len());
         let mut permits = Vec::with_capacity(batch.len());
         let mut batch = batch.into_iter();
