@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{Application, open_store};
-use crate::config::{DatabaseArgs, LogFormat, Sensitive, ServeArgs, Settings};
+use crate::config::{self, DatabaseArgs, LogFormat, Sensitive, ServeFlags, Settings};
 use crate::domain::time::to_rfc3339;
 use crate::domain::{ApiKeyId, ProjectId};
 use crate::store::Backend as _;
@@ -21,7 +21,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API and the delivery worker.
-    Serve(Box<ServeArgs>),
+    Serve(ServeFlags),
+    /// Print the settings `serve` would run with, as TOML: flags, variables,
+    /// the --config file and defaults merged, secrets masked.
+    Config(ServeFlags),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create projects and manage their API keys.
@@ -90,11 +93,15 @@ fn parse_project(s: &str) -> anyhow::Result<ProjectId> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => {
-            let settings = Settings::from_args(*args)?;
+        Command::Serve(flags) => {
+            let settings = Settings::load(flags, &config::process_env)?;
             telemetry::init(settings.log_format);
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Config(flags) => {
+            print!("{}", config::effective_toml(flags, &config::process_env)?);
+            Ok(())
         }
         Command::Migrate(db) => {
             telemetry::init(LogFormat::Pretty);

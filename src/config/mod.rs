@@ -1,9 +1,12 @@
 //! Settings of a `serve` process: one [`Settings`], built once at start from
-//! flags, each with a `HOOKLINE_*` variable, checked, and handed down in parts:
+//! flags > `HOOKLINE_*` variables > a TOML file (`--config`) > defaults (see
+//! [`sources`] for how the layers meet), checked, and handed down in parts:
 //! [`ApiSettings`] to the API, [`DeliverySettings`] to the worker and its
 //! client, [`DatabaseSettings`] to the store. Code past this module holds
 //! typed, checked values; a bad value stops the process with a message naming
-//! the flag.
+//! the flag, variable or file key it came from.
+
+mod sources;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -14,6 +17,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure};
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
+
+pub use sources::{ServeFlags, effective_toml, process_env};
 
 use crate::domain::{Catalog, RetrySchedule};
 use crate::ssrf;
@@ -144,9 +149,15 @@ pub struct DatabaseArgs {
 /// eight processes plus administration.
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 
-/// Flags of `hookline serve`.
+/// Flags of `hookline serve` (and `hookline config`). Each has a variable and a
+/// file key, the flag's name with `_` for `-` ([`sources`] derives both from here).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings, keys named like the flags (`max_attempts = 5`);
+    /// flags and variables override it.
+    #[arg(long, env = "HOOKLINE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address of the HTTP API.
     #[arg(long, env = "HOOKLINE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -323,7 +334,8 @@ impl DeliverySettings {
     }
 }
 
-/// A value that parsed but is not allowed; it names the flag.
+/// A value that parsed but is not allowed. It names the flag; [`sources`]
+/// says instead which variable or file key the value came from.
 #[derive(Debug, thiserror::Error)]
 #[error("--{flag} {problem}")]
 pub struct Invalid {
@@ -338,26 +350,25 @@ fn ensure_valid(ok: bool, flag: &'static str, problem: impl FnOnce() -> String) 
 }
 
 impl Settings {
-    /// Validates the flags; every error names the flag it is about.
-    pub fn from_args(a: ServeArgs) -> anyhow::Result<Self> {
-        Ok(Self::check(a)?)
+    /// The settings of `hookline serve` from its command-line flags (no
+    /// program name), the variables that `env` looks up (use
+    /// [`process_env`]) and the file they name, over the defaults.
+    pub fn load<I, S>(flags: I, env: &dyn Fn(&str) -> Option<OsString>) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        sources::layer(flags.into_iter().map(Into::into).collect(), env)?.settings()
     }
 
-    /// Parses `serve` flags from a list, as the command line would: how tests
-    /// and the benchmark configure an in-process server.
+    /// Parses `serve` flags from a list, as the command line would, with the
+    /// process's variables: how tests and the demo configure an in-process server.
     pub fn from_flags<I, S>(flags: I) -> anyhow::Result<Self>
     where
         I: IntoIterator<Item = S>,
-        S: Into<OsString> + Clone,
+        S: Into<OsString>,
     {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            serve: ServeArgs,
-        }
-        let args = std::iter::once(OsString::from("hookline-serve")).chain(flags.into_iter().map(Into::into));
-        let parsed = <Wrapper as clap::Parser>::try_parse_from(args)?;
-        Self::from_args(parsed.serve)
+        Self::load(flags, &process_env)
     }
 
     /// Checks values against each other and builds the parts.
@@ -427,7 +438,7 @@ mod tests {
 
     #[test]
     fn defaults_are_safe() {
-        let s = Settings::from_flags(["--database-url", "sqlite://x.db"]).unwrap();
+        let s = Settings::load(["--database-url", "sqlite://x.db"], &|_| None).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert!(!s.api.ssrf.dev && s.api.ssrf.allowed.is_empty());
         assert!(!s.delivery.ssrf.dev && s.delivery.ssrf.allowed.is_empty());
@@ -440,7 +451,7 @@ mod tests {
 
     #[test]
     fn the_retry_defaults_are_the_flag_defaults() {
-        let s = Settings::from_flags(["--database-url", "sqlite://x.db"]).unwrap();
+        let s = Settings::load(["--database-url", "sqlite://x.db"], &|_| None).unwrap();
         let d = RetrySettings::default();
         assert_eq!(
             (s.delivery.retry.schedule, s.delivery.retry.max_attempts, s.delivery.retry.retry_after_cap),
