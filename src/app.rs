@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiContext};
 use crate::config::{DatabaseUrl, Role, Sensitive, Settings};
+use crate::delivery::Worker;
 use crate::delivery::client::DeliveryClient;
-use crate::delivery::{Worker, WorkerSettings};
 use crate::domain::time::now_ms;
 use crate::queue::Queue;
 use crate::store::{Backend as _, Store};
@@ -68,12 +68,12 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let (store, vault) = open_store(
-            &settings.database,
-            settings.secret_key.as_ref().map(Sensitive::expose),
-            settings.db_max_connections,
+            &settings.database.url,
+            settings.database.secret_key.as_ref().map(Sensitive::expose),
+            settings.database.max_connections,
         )
         .await?;
-        if settings.ssrf.dev {
+        if settings.api.ssrf.dev {
             tracing::warn!(
                 "--dev: http and loopback targets are allowed; never run this where tenants can reach the API"
             );
@@ -82,19 +82,15 @@ impl Application {
         // Installed before anything is counted: counts made earlier would be lost.
         crate::telemetry::metrics();
         let openapi =
-            serde_json::to_value(api::openapi(&settings.catalog)).context("serializing the OpenAPI document")?;
+            serde_json::to_value(api::openapi(&settings.api.catalog)).context("serializing the OpenAPI document")?;
         let secrets = Arc::new(crate::projects::SecretCache::default());
         // In one process, ingest hands new deliveries straight to the worker.
-        let handoff_limit = (settings.role == Role::All).then_some(settings.max_in_flight * HANDOFF_PER_SLOT);
-        let (queue, handoff) = Queue::new(store.clone(), settings.lease, handoff_limit);
+        let handoff_limit = (settings.role == Role::All).then_some(settings.delivery.max_in_flight * HANDOFF_PER_SLOT);
+        let (queue, handoff) = Queue::new(store.clone(), settings.delivery.lease, handoff_limit);
         let state = Arc::new(ApiContext {
             store: store.clone(),
-            catalog: settings.catalog.clone(),
-            ssrf: settings.ssrf.clone(),
+            settings: settings.api,
             vault: vault.clone(),
-            admin_token: settings.admin_token.as_ref().map(|t| t.expose().to_owned()),
-            max_data_bytes: settings.max_data_bytes,
-            secret_overlap: settings.secret_overlap,
             queue: queue.clone(),
             secrets: secrets.clone(),
             keys: Default::default(),
@@ -105,22 +101,9 @@ impl Application {
             Role::Api | Role::All => api::router(state),
         };
         let worker = (settings.role != Role::Api).then(|| {
-            let client = DeliveryClient::new(
-                settings.ssrf.clone(),
-                settings.connect_timeout,
-                settings.request_timeout,
-                settings.max_per_target,
-            );
-            let worker_settings = WorkerSettings {
-                retry: settings.retry.clone(),
-                longest_send: settings.connect_timeout + settings.request_timeout,
-                poll_interval: settings.poll_interval,
-                max_in_flight: settings.max_in_flight,
-                max_per_target: settings.max_per_target,
-                shutdown_grace: settings.shutdown_grace,
-                breaker_cooldown: settings.breaker_cooldown,
-            };
-            Worker::new(queue.clone(), handoff, store.clone(), vault, secrets, client, worker_settings)
+            let d = &settings.delivery;
+            let client = DeliveryClient::new(d.ssrf.clone(), d.connect_timeout, d.request_timeout, d.max_per_target);
+            Worker::new(queue.clone(), handoff, store.clone(), vault, secrets, client, settings.delivery)
         });
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{Application, open_store};
-use crate::config::{DatabaseArgs, LogFormat, Sensitive, ServeArgs, Settings};
+use crate::config::{self, DatabaseArgs, LogFormat, Sensitive, ServeFlags, Settings};
 use crate::domain::time::to_rfc3339;
 use crate::domain::{ApiKeyId, ProjectId};
 use crate::store::Backend as _;
@@ -21,7 +21,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API and the delivery worker.
-    Serve(Box<ServeArgs>),
+    Serve(ServeFlags),
+    /// Print the settings `serve` would run with, as TOML: flags, variables,
+    /// the --config file and defaults merged, secrets masked.
+    Config(ServeFlags),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create projects and manage their API keys.
@@ -90,11 +93,15 @@ fn parse_project(s: &str) -> anyhow::Result<ProjectId> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => {
-            let settings = Settings::from_args(*args)?;
+        Command::Serve(flags) => {
+            let settings = Settings::load(flags, &config::process_env)?;
             telemetry::init(settings.log_format);
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Config(flags) => {
+            print!("{}", config::effective_toml(flags, &config::process_env)?);
+            Ok(())
         }
         Command::Migrate(db) => {
             telemetry::init(LogFormat::Pretty);
@@ -134,12 +141,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
     match cmd {
         ProjectCommand::Create { name, db } => {
-            let name = crate::api::admin::validate_name(&name).map_err(|e| anyhow::anyhow!("--name: {e:?}"))?;
+            let name = projects::ProjectName::parse(&name).map_err(|e| anyhow::anyhow!("--name {e}"))?;
             let (store, vault) =
                 open_store(&db.database_url, db.secret_key.as_ref().map(Sensitive::expose), db.db_max_connections)
                     .await?;
-            let p = projects::create_project(&store, &vault, name).await?;
-            print_json(&json!(crate::api::admin::ProvisionedView::from(p)));
+            let p = projects::create_project(&store, &vault, &name).await?;
+            print_json(&json!(projects::ProvisionedView::from(p)));
         }
         ProjectCommand::CreateKey { project, db } => {
             let project = parse_project(&project)?;
@@ -159,7 +166,7 @@ async fn project(cmd: ProjectCommand) -> anyhow::Result<()> {
             anyhow::ensure!(revoked, "the project has no active key {key}");
             eprintln!(
                 "revoked {key}; running servers stop accepting it within {} s",
-                crate::api::auth::CACHE_TTL.as_secs()
+                projects::KEY_CACHE_TTL.as_secs()
             );
         }
         ProjectCommand::Keys { project, db } => {

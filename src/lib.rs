@@ -14,16 +14,20 @@
 //! [`store`] (one transaction) → worker wakes → [`delivery`] (claim, [`signing`],
 //! send through [`ssrf`]-checked connections) → [`store`] (record the attempt).
 //!
-//! - [`cli`], [`config`]: the command line and the checked [`config::Settings`].
+//! - [`cli`], [`config`]: the command line and the one checked [`config::Settings`]
+//!   (flags > `HOOKLINE_*` variables > TOML file > defaults), passed down in parts.
 //! - [`app`]: builds and runs the API, the worker and the pruner.
-//! - [`domain`]: ids, event catalog, target URLs, keys and secrets. No I/O.
+//! - [`domain`]: ids, event catalog, target URLs, keys and secrets, the retry
+//!   schedule. Pure types, no I/O.
 //! - [`api`]: axum routes, one module per resource; problem+json errors.
 //! - [`store`]: the only SQL; the [`store::Backend`] contract and its backends.
 //! - [`delivery`]: the worker, the HTTP client, the retry policy.
 //! - [`signing`]: both signature schemes, sign and verify.
 //! - [`ssrf`]: which target addresses may be reached.
 //! - [`vault`]: encryption of signing secrets at rest.
-//! - [`projects`]: provisioning of projects, keys and secrets.
+//! - [`projects`]: a service over the [`store`], so it does I/O: provisioning
+//!   of projects, API keys and signing secrets, and their caches; called by
+//!   the API and the CLI alike.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
 //! - [`bench`]: the end-to-end benchmark (`hookline bench`).
 //! - [`verify`]: offline signature check of a captured request (`hookline verify`).

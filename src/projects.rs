@@ -1,13 +1,43 @@
 //! Provisioning of projects and their credentials, shared by the CLI
 //! (`hookline project …`), the admin API and the rotation endpoint, so there is
-//! one way a key or secret is made and stored.
+//! one way a key or secret is made, stored and looked up. A service over the
+//! [`Store`]: it does I/O, and knows nothing of HTTP or the command line.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use crate::domain::time::now_ms;
-use crate::domain::{ApiKey, ApiKeyId, ProjectId, SigningSecret, UnixMs};
+use serde::Serialize;
+
+use crate::domain::time::{now_ms, to_rfc3339};
+use crate::domain::{ApiKey, ApiKeyHash, ApiKeyId, ProjectId, SigningSecret, UnixMs};
 use crate::store::{Backend as _, NewApiKey, Project, Result, Store};
 use crate::vault::Vault;
+
+/// Project names are labels for humans; this bounds them.
+const MAX_NAME_LEN: usize = 200;
+
+/// A project's name: 1 to 200 printable characters, trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectName(String);
+
+/// Why a project name was refused; the message completes "name …" or "--name …".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1 to {MAX_NAME_LEN} printable characters")]
+pub struct InvalidName;
+
+impl ProjectName {
+    pub fn parse(name: &str) -> std::result::Result<Self, InvalidName> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+            return Err(InvalidName);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A new project and its credentials, each shown once.
 #[derive(Debug)]
@@ -17,14 +47,49 @@ pub struct Provisioned {
     pub signing_secret: SigningSecret,
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProjectView {
+    /// `prj_…`
+    pub id: String,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+// What `POST /v1/admin/projects` answers; here so the CLI prints the same
+// without reaching into the API. The doc comment is the OpenAPI description.
+/// The same JSON `hookline project create` prints.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProvisionedView {
+    pub project: ProjectView,
+    /// The project's first API key; shown once, stored only as a hash.
+    pub api_key: String,
+    /// The project's signing secret (`whsec_…`); shown once.
+    pub signing_secret: String,
+}
+
+impl From<Provisioned> for ProvisionedView {
+    fn from(p: Provisioned) -> Self {
+        Self {
+            project: ProjectView {
+                id: p.project.id.to_string(),
+                name: p.project.name,
+                created_at: to_rfc3339(p.project.created_at),
+            },
+            api_key: p.api_key.expose().to_owned(),
+            signing_secret: p.signing_secret.expose().to_owned(),
+        }
+    }
+}
+
 fn new_key_record(key: &ApiKey, now: UnixMs) -> NewApiKey {
     NewApiKey { id: ApiKeyId::generate(), hash: key.hash(), prefix: key.display_prefix(), created_at: now }
 }
 
 /// Creates a project with one API key and a signing secret.
-pub async fn create_project(store: &Store, vault: &Vault, name: &str) -> Result<Provisioned> {
+pub async fn create_project(store: &Store, vault: &Vault, name: &ProjectName) -> Result<Provisioned> {
     let now = now_ms();
-    let project = Project { id: ProjectId::generate(), name: name.to_owned(), created_at: now };
+    let project = Project { id: ProjectId::generate(), name: name.as_str().to_owned(), created_at: now };
     let api_key = ApiKey::generate();
     let signing_secret = SigningSecret::generate();
     let sealed = vault.seal(signing_secret.expose().as_bytes(), project.id.as_str());
@@ -82,6 +147,47 @@ pub async fn signing_secrets(
     Ok(out)
 }
 
+/// How long a successful key lookup is trusted without asking the database:
+/// a revocation made in another process (`hookline project revoke-key`) takes
+/// effect on a running server within this time.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Bound on cached keys; the cache is cleared when it is full.
+const KEY_CACHE_CAPACITY: usize = 10_000;
+
+/// Recent API key lookups, so ingest does not read the database for every event.
+#[derive(Default)]
+pub struct KeyCache {
+    /// The project of each key hash, and when it was looked up.
+    entries: std::sync::Mutex<HashMap<ApiKeyHash, (ProjectId, Instant)>>,
+}
+
+impl KeyCache {
+    /// The project whose active key has this hash; `None` for an unknown or revoked key.
+    pub async fn project_by_key(&self, store: &Store, hash: ApiKeyHash) -> Result<Option<ProjectId>> {
+        if let Some(project) = self.get(&hash) {
+            return Ok(Some(project));
+        }
+        let found = store.project_by_key(hash).await?;
+        if let Some(project) = &found {
+            self.put(hash, project.clone());
+        }
+        Ok(found)
+    }
+
+    fn get(&self, hash: &ApiKeyHash) -> Option<ProjectId> {
+        let entries = self.entries.lock().expect("not poisoned");
+        entries.get(hash).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, hash: ApiKeyHash, project: ProjectId) {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        if entries.len() >= KEY_CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(hash, (project, Instant::now()));
+    }
+}
+
 /// How long the worker trusts the secrets it loaded. A rotation made by this
 /// process is seen at once ([`SecretCache::forget`]); one made on another node,
 /// or the end of an overlap window, within this time.
@@ -135,5 +241,19 @@ impl SecretCache {
     /// Drops a project's cached secrets (after a rotation).
     pub fn forget(&self, project: &ProjectId) {
         self.entries.lock().expect("not poisoned").remove(project);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_are_trimmed_printable_and_bounded() {
+        assert_eq!(ProjectName::parse("  Shop  ").unwrap().as_str(), "Shop");
+        assert_eq!(ProjectName::parse(&"é".repeat(200)).unwrap().as_str().chars().count(), 200);
+        for refused in ["", "   ", "tab\there", "new\nline", &"x".repeat(201)] {
+            assert_eq!(ProjectName::parse(refused), Err(InvalidName), "{refused:?}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -14,11 +14,8 @@ use super::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
 };
 use super::extract::TypedJson;
-use crate::domain::time::to_rfc3339;
-use crate::projects::{self, Provisioned};
-
-/// Project names are labels for humans; this bounds them.
-const MAX_NAME_LEN: usize = 200;
+use crate::config::Sensitive;
+use crate::projects::{self, ProjectName, ProvisionedView};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_project))
@@ -30,48 +27,6 @@ pub struct CreateProject {
     /// A label for humans, 1 to 200 printable characters, not only spaces.
     #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$")]
     pub name: String,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ProjectView {
-    /// `prj_…`
-    pub id: String,
-    pub name: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-}
-
-/// The same JSON `hookline project create` prints.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ProvisionedView {
-    pub project: ProjectView,
-    /// The project's first API key; shown once, stored only as a hash.
-    pub api_key: String,
-    /// The project's signing secret (`whsec_…`); shown once.
-    pub signing_secret: String,
-}
-
-impl From<Provisioned> for ProvisionedView {
-    fn from(p: Provisioned) -> Self {
-        Self {
-            project: ProjectView {
-                id: p.project.id.to_string(),
-                name: p.project.name,
-                created_at: to_rfc3339(p.project.created_at),
-            },
-            api_key: p.api_key.expose().to_owned(),
-            signing_secret: p.signing_secret.expose().to_owned(),
-        }
-    }
-}
-
-/// Checks a project name; shared with the CLI.
-pub fn validate_name(name: &str) -> Result<&str, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid("name", format!("must be 1 to {MAX_NAME_LEN} printable characters")));
-    }
-    Ok(name)
 }
 
 /// Create a project (operator).
@@ -101,10 +56,10 @@ async fn create_project(
     body: Result<TypedJson<CreateProject>, ApiError>,
 ) -> Result<(StatusCode, Json<ProvisionedView>), ApiError> {
     // The token is checked before the body, so without it nothing is parsed.
-    check_admin(&headers, app.admin_token.as_deref())?;
+    check_admin(&headers, app.settings.admin_token.as_ref().map(Sensitive::expose))?;
     let TypedJson(body) = body?;
-    let name = validate_name(&body.name)?;
-    let provisioned = projects::create_project(&app.store, &app.vault, name).await?;
+    let name = ProjectName::parse(&body.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
+    let provisioned = projects::create_project(&app.store, &app.vault, &name).await?;
     tracing::info!(project = %provisioned.project.id, "project created");
     Ok((StatusCode::CREATED, Json(provisioned.into())))
 }

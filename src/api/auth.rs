@@ -1,46 +1,15 @@
 //! API-key authentication: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 //!
-//! Keys are looked up by their SHA-256 (see [`crate::domain::ApiKeyHash`]).
-//! Successful lookups are cached briefly so ingest does not read the database
-//! for every event: a revocation (made with `hookline project revoke-key`, in
-//! another process) takes effect on a running server within [`CACHE_TTL`].
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! Keys are looked up by their SHA-256 (see [`crate::domain::ApiKeyHash`])
+//! through [`crate::projects::KeyCache`], so a revocation made in another
+//! process takes effect within [`crate::projects::KEY_CACHE_TTL`].
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::domain::{ApiKey, ApiKeyHash, ProjectId};
-use crate::store::Backend as _;
-
-/// How long a successful key lookup is trusted without asking the database.
-pub const CACHE_TTL: Duration = Duration::from_secs(5);
-/// Bound on cached keys; the cache is cleared when it is full.
-const CACHE_CAPACITY: usize = 10_000;
-
-#[derive(Default)]
-pub struct KeyCache {
-    entries: Mutex<HashMap<ApiKeyHash, (ProjectId, Instant)>>,
-}
-
-impl KeyCache {
-    fn get(&self, hash: &ApiKeyHash) -> Option<ProjectId> {
-        let entries = self.entries.lock().expect("not poisoned");
-        entries.get(hash).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(p, _)| p.clone())
-    }
-
-    fn put(&self, hash: ApiKeyHash, project: ProjectId) {
-        let mut entries = self.entries.lock().expect("not poisoned");
-        if entries.len() >= CACHE_CAPACITY {
-            entries.clear();
-        }
-        entries.insert(hash, (project, Instant::now()));
-    }
-}
+use crate::domain::{ApiKey, ProjectId};
 
 /// The project whose API key authenticated the request.
 pub struct ProjectAuth(pub ProjectId);
@@ -57,12 +26,7 @@ impl FromRequestParts<AppState> for ProjectAuth {
             .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim);
         let key = presented.and_then(ApiKey::parse).ok_or(ApiError::Unauthorized)?;
-        let hash = key.hash();
-        if let Some(project) = state.keys.get(&hash) {
-            return Ok(Self(project));
-        }
-        let project = state.store.project_by_key(hash).await?.ok_or(ApiError::Unauthorized)?;
-        state.keys.put(hash, project.clone());
+        let project = state.keys.project_by_key(&state.store, key.hash()).await?.ok_or(ApiError::Unauthorized)?;
         Ok(Self(project))
     }
 }

@@ -184,9 +184,11 @@ async fn ingest(
     }
     let name = match body.get("event_name") {
         None => return Err(ApiError::invalid("event_name", "is required")),
-        Some(Value::String(s)) => {
-            app.catalog.event_name(s).ok_or_else(|| ApiError::unknown_event("event_name", &app.catalog))?
-        }
+        Some(Value::String(s)) => app
+            .settings
+            .catalog
+            .event_name(s)
+            .ok_or_else(|| ApiError::unknown_event("event_name", &app.settings.catalog))?,
         Some(_) => return Err(ApiError::invalid("event_name", "must be a string")),
     };
     let data = match body.remove("data") {
@@ -194,7 +196,7 @@ async fn ingest(
         Some(data @ Value::Object(_)) => data,
         Some(_) => return Err(ApiError::invalid("data", "must be a JSON object")),
     };
-    let data = app.catalog.parse_data(&name, &data, app.max_data_bytes).map_err(|e| match e {
+    let data = app.settings.catalog.parse_data(&name, &data, app.settings.max_data_bytes).map_err(|e| match e {
         DataError::TooLarge { limit } => ApiError::PayloadTooLarge { what: "data field", limit },
         DataError::Invalid(errors) => ApiError::Validation(errors),
     })?;

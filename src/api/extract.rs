@@ -39,7 +39,7 @@ impl FromRequest<AppState> for JsonBody {
         if !declared_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let limit = state.max_data_bytes + BODY_SLACK;
+        let limit = state.settings.max_data_bytes + BODY_SLACK;
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| ApiError::PayloadTooLarge { what: "request body", limit })?;

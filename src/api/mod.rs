@@ -14,7 +14,6 @@ pub mod secrets;
 pub mod webhooks;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{HeaderName, Request};
 use axum::{Json, Router};
@@ -26,28 +25,22 @@ use utoipa::openapi::security::{ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthSch
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
+use crate::config::ApiSettings;
 use crate::domain::Catalog;
-use crate::ssrf;
 use crate::store::Store;
 use crate::vault::Vault;
 
 /// What handlers share.
 pub struct ApiContext {
     pub store: Store,
-    pub catalog: Arc<Catalog>,
-    /// Target URLs are checked against it when webhooks are created or changed.
-    pub ssrf: ssrf::Policy,
+    /// The API's part of the settings: catalog, limits, admin token, SSRF policy.
+    pub settings: ApiSettings,
     pub vault: Arc<Vault>,
-    /// `None` turns the admin routes off (404).
-    pub admin_token: Option<String>,
-    pub max_data_bytes: usize,
-    /// How long a rotated-out signing secret keeps signing.
-    pub secret_overlap: Duration,
     /// Where accepted events and manual retries go.
     pub queue: crate::queue::Queue,
     /// The worker's cache of signing secrets, forgotten on rotation.
     pub secrets: Arc<crate::projects::SecretCache>,
-    pub keys: auth::KeyCache,
+    pub keys: crate::projects::KeyCache,
     /// The OpenAPI document served at `/openapi.json` (see [`openapi`]).
     pub openapi: serde_json::Value,
 }

@@ -46,7 +46,8 @@ async fn rotate(
     State(app): State<AppState>,
     ProjectAuth(project): ProjectAuth,
 ) -> Result<Json<RotatedSecret>, ApiError> {
-    let (secret, until) = projects::rotate_signing_secret(&app.store, &app.vault, &project, app.secret_overlap).await?;
+    let (secret, until) =
+        projects::rotate_signing_secret(&app.store, &app.vault, &project, app.settings.secret_overlap).await?;
     app.secrets.forget(&project);
     tracing::info!(project = %project, "signing secret rotated");
     Ok(Json(RotatedSecret {

@@ -78,13 +78,14 @@ impl From<Webhook> for WebhookView {
 }
 
 fn parse_event(app: &AppState, s: &str) -> Result<EventName, ApiError> {
-    app.catalog.event_name(s).ok_or_else(|| ApiError::unknown_event("event", &app.catalog))
+    app.settings.catalog.event_name(s).ok_or_else(|| ApiError::unknown_event("event", &app.settings.catalog))
 }
 
 /// Parses the URL and checks every address it resolves to against the SSRF policy.
 async fn vet_target(app: &AppState, raw: &str) -> Result<TargetUrl, ApiError> {
     let url = TargetUrl::parse(raw).map_err(|e| ApiError::invalid("target_url", e.to_string()))?;
-    app.ssrf
+    app.settings
+        .ssrf
         .resolve(&url.host(), url.port(), url.is_https())
         .await
         .map_err(|e| ApiError::invalid("target_url", e.to_string()))?;

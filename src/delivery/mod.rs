@@ -14,7 +14,7 @@ mod http1;
 pub mod policy;
 pub mod worker;
 
-pub use worker::{Worker, WorkerSettings};
+pub use worker::Worker;
 
 /// `User-Agent` of every delivery.
 pub const USER_AGENT: &str = concat!("hookline/", env!("CARGO_PKG_VERSION"));

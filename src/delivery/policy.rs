@@ -20,12 +20,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::config::RetrySettings;
 use crate::domain::UnixMs;
-
-/// The Standard Webhooks schedule: immediately, then these delays (10 attempts
-/// over about three days).
-pub const DEFAULT_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,14h,20h,24h";
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 /// How far each delay is randomly stretched or shrunk.
 const JITTER: f64 = 0.2;
 
@@ -89,6 +85,16 @@ pub struct RetryPolicy {
     pub retry_after_cap: Duration,
 }
 
+impl From<&RetrySettings> for RetryPolicy {
+    fn from(s: &RetrySettings) -> Self {
+        Self {
+            schedule: s.schedule.delays().to_vec(),
+            max_attempts: s.max_attempts,
+            retry_after_cap: s.retry_after_cap,
+        }
+    }
+}
+
 impl RetryPolicy {
     /// `attempt` is the 1-based number of the attempt that produced `outcome`.
     pub fn decide(&self, attempt: u32, outcome: &Outcome, now: UnixMs, rng: &mut impl Rng) -> Decision {
@@ -121,15 +127,6 @@ fn jitter(d: Duration, rng: &mut impl Rng) -> Duration {
     d.mul_f64(rng.random_range(1.0 - JITTER..=1.0 + JITTER))
 }
 
-/// Parses a `--retry-schedule` such as `5s,5m,30m` or `100ms,200ms`.
-pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
-    s.split(',')
-        .map(|part| {
-            humantime::parse_duration(part.trim()).map_err(|e| format!("{:?} is not a duration: {e}", part.trim()))
-        })
-        .collect()
-}
-
 /// Reads `Retry-After`: delay-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: UnixMs) -> Option<Duration> {
     let value = value.trim();
@@ -148,11 +145,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy {
-            schedule: parse_schedule(DEFAULT_SCHEDULE).unwrap(),
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            retry_after_cap: Duration::from_secs(3600),
-        }
+        RetryPolicy::from(&RetrySettings::default())
     }
 
     fn status(code: u16) -> Outcome {
@@ -223,7 +216,8 @@ mod tests {
 
     #[test]
     fn the_last_delay_repeats_when_more_attempts_are_asked() {
-        let p = RetryPolicy { schedule: parse_schedule("100ms,200ms").unwrap(), max_attempts: 5, ..policy() };
+        let schedule = vec![Duration::from_millis(100), Duration::from_millis(200)];
+        let p = RetryPolicy { schedule, max_attempts: 5, ..policy() };
         let mut rng = StdRng::seed_from_u64(3);
         for attempt in 2..5 {
             let Decision::RetryAt(at) = p.decide(attempt, &status(503), 0, &mut rng) else { panic!() };
@@ -250,14 +244,5 @@ mod tests {
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(10)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn schedules_parse_from_the_flag_syntax() {
-        assert_eq!(
-            parse_schedule("100ms, 5s,5m,2h").unwrap(),
-            [Duration::from_millis(100), Duration::from_secs(5), Duration::from_secs(300), Duration::from_secs(7200)]
-        );
-        assert!(parse_schedule("5s,often").is_err());
     }
 }

@@ -27,6 +27,7 @@ use tracing::Instrument as _;
 use super::client::{DeliveryClient, SendError, header};
 use super::envelope;
 use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_after};
+use crate::config::DeliverySettings;
 use crate::domain::time::now_ms;
 use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs};
 use crate::projects;
@@ -46,19 +47,6 @@ const RECORD_BATCH: usize = 512;
 const MAX_WAIT_MS: i64 = 5_000;
 /// When a delivery given back after waiting, or for want of its secrets, is due again.
 const GIVE_BACK_DELAY_MS: i64 = 1_000;
-
-pub struct WorkerSettings {
-    pub retry: RetryPolicy,
-    /// The longest one send can take (connect plus request timeout): a
-    /// handed-over delivery is started only with at least this much lease left.
-    pub longest_send: Duration,
-    pub poll_interval: Duration,
-    pub max_in_flight: usize,
-    pub max_per_target: usize,
-    pub shutdown_grace: Duration,
-    /// The first cool-down of an open circuit.
-    pub breaker_cooldown: Duration,
-}
 
 /// What the per-delivery tasks share.
 struct Shared {
@@ -91,7 +79,7 @@ pub struct Worker {
     store: Store,
     vault: Arc<Vault>,
     secrets: Arc<projects::SecretCache>,
-    settings: WorkerSettings,
+    settings: DeliverySettings,
     /// Taken by `run` into the state its tasks share.
     client: Option<DeliveryClient>,
     /// Deliveries leased to this worker at ingest, when the API runs in this process.
@@ -106,7 +94,7 @@ impl Worker {
         vault: Arc<Vault>,
         secrets: Arc<projects::SecretCache>,
         client: DeliveryClient,
-        settings: WorkerSettings,
+        settings: DeliverySettings,
     ) -> Self {
         Self { queue, store, vault, secrets, settings, client: Some(client), handoff }
     }
@@ -118,7 +106,7 @@ impl Worker {
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             client: self.client.take().expect("run once"),
-            retry: self.settings.retry.clone(),
+            retry: RetryPolicy::from(&self.settings.retry),
             in_flight: Mutex::new(HashMap::new()),
             results: results_tx,
             ended: ended_tx,
@@ -236,7 +224,7 @@ impl Worker {
         // A send must end before its lease does, or another worker could take
         // the delivery over mid-send: one whose lease has less left than the
         // longest send is given back at once, for whichever worker claims it.
-        let margin = self.settings.longest_send.as_millis() as i64;
+        let margin = self.settings.longest_send().as_millis() as i64;
         let mut starting = Vec::new();
         while let Some(step) = scheduler.next(now) {
             match step {

@@ -3,12 +3,14 @@
 
 pub mod catalog;
 pub mod ids;
+pub mod retry;
 pub mod secrets;
 pub mod target_url;
 pub mod time;
 
 pub use catalog::{Catalog, DataError, EventData, EventName, FieldError};
 pub use ids::{ApiKeyId, DeliveryId, EventId, ProjectId, WebhookId};
+pub use retry::RetrySchedule;
 pub use secrets::{ApiKey, ApiKeyHash, SigningSecret};
 pub use target_url::TargetUrl;
 pub use time::UnixMs;

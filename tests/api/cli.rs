@@ -86,7 +86,81 @@ fn every_serve_flag_has_an_env_var_and_a_row_in_the_readme() {
         let row = table.iter().find(|row| row.starts_with(&format!("| `--{long}")));
         let row = row.unwrap_or_else(|| panic!("--{long} is missing from the README's configuration table"));
         assert!(row.contains(&format!("`{env}`")), "the README row of --{long} does not name {env}: {row}");
+        let key = long.replace('-', "_");
+        assert!(
+            long == "config" || row.contains(&format!("`{key}`")),
+            "the README row of --{long} does not name its file key {key}: {row}"
+        );
     }
+}
+
+#[test]
+fn config_prints_the_settings_of_all_sources_as_toml_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hookline.toml");
+    std::fs::write(
+        &file,
+        r#"
+        database_url = "postgres://hookline:db-password-4711@db.internal:5432/hookline"
+        secret_key = "c2VjcmV0LWtleS10aGF0LW11c3Qtbm90LXByaW50IQ=="
+        admin_token = "admin-token-from-the-file-4711"
+        max_attempts = 3
+        allow_target_cidr = ["127.0.0.1/32"]
+        "#,
+    )
+    .unwrap();
+    let (out, stdout, stderr) = run(hookline()
+        .args(["config", "--config", file.to_str().unwrap(), "--retry-schedule", "100ms,1s"])
+        .env("HOOKLINE_MAX_IN_FLIGHT", "9"));
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
+    for secret in ["db-password-4711", "c2VjcmV0LWtleS10aGF0LW11c3Qtbm90LXByaW50IQ==", "admin-token-from-the-file-4711"]
+    {
+        assert!(!stdout.contains(secret), "{secret} was printed:\n{stdout}");
+    }
+    let settings: toml::Table = stdout.parse().unwrap_or_else(|e| panic!("not TOML: {e}\n{stdout}"));
+    assert_eq!(settings["database_url"].as_str(), Some("postgres://hookline:***@db.internal:5432/hookline"));
+    assert_eq!(settings["secret_key"].as_str(), Some("***"));
+    assert_eq!(settings["admin_token"].as_str(), Some("***"));
+    assert_eq!(settings["max_attempts"].as_integer(), Some(3), "from the file");
+    assert_eq!(settings["allow_target_cidr"].as_array().unwrap().len(), 1, "from the file");
+    assert_eq!(settings["max_in_flight"].as_integer(), Some(9), "from the variable");
+    assert_eq!(settings["retry_schedule"].as_str(), Some("100ms,1s"), "from the flag");
+    assert_eq!(settings["listen"].as_str(), Some("127.0.0.1:8080"), "the default");
+}
+
+#[test]
+fn config_refuses_an_unknown_key_or_a_bad_value_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hookline.toml");
+    // (the file, the key the message must name)
+    let cases =
+        [("max_attemps = 3", "max_attemps"), ("max_attempts = \"ten\"", "max_attempts"), ("lease = \"1s\"", "lease")];
+    for (text, key) in cases {
+        std::fs::write(&file, text).unwrap();
+        let (out, stdout, stderr) = run(hookline().args(["config", "--config", file.to_str().unwrap()]));
+        assert!(!out.status.success(), "{text}: exit 0\n{stdout}");
+        assert!(stderr.contains(&format!("`{key}`")), "{text}: the message does not name {key}: {stderr}");
+        assert!(stderr.contains(file.to_str().unwrap()), "{text}: the message does not name the file: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_with_the_settings_of_its_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hookline.toml");
+    let database = format!("sqlite://{}", dir.path().join("hookline.db").display());
+    std::fs::write(&file, format!("role = \"worker\"\nlog_format = \"json\"\ndatabase_url = {database:?}\n")).unwrap();
+    let server = crate::process::ServerProcess::start(&["--config", file.to_str().unwrap()], &[]);
+    let http = http_client();
+    let health = http.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // A worker serves no API.
+    let ingest = http.post(server.url("/v1/events")).json(&json!({})).send().await.unwrap();
+    assert_eq!(ingest.status(), 404);
+    assert!(dir.path().join("hookline.db").exists(), "the database of the file was not used");
+    let output = server.output.lock().unwrap().clone();
+    let listening = output.lines().find(|l| l.contains("hookline is listening")).unwrap();
+    assert!(serde_json::from_str::<Value>(listening).is_ok(), "not a JSON log line: {listening}");
 }
 
 #[test]

@@ -1,19 +1,34 @@
-//! Settings: every flag of `hookline serve`, each with a `HOOKLINE_*` variable,
-//! parsed and validated once at start. Code past this module holds typed,
-//! checked values; a bad value stops the process with a message naming the flag.
+//! Settings of a `serve` process: one [`Settings`], built once at start from
+//! flags > `HOOKLINE_*` variables > a TOML file (`--config`) > defaults (see
+//! [`sources`] for how the layers meet), checked, and handed down in parts:
+//! [`ApiSettings`] to the API, [`DeliverySettings`] to the worker and its
+//! client, [`DatabaseSettings`] to the store. Code past this module holds
+//! typed, checked values; a bad value stops the process with a message naming
+//! the flag, variable or file key it came from.
 
+mod sources;
+
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{bail, ensure};
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 
-use crate::delivery::policy::{self, RetryPolicy};
-use crate::domain::Catalog;
+pub use sources::{ServeFlags, effective_toml, process_env};
+
+use crate::domain::{Catalog, RetrySchedule};
 use crate::ssrf;
+
+/// The Standard Webhooks schedule: immediately, then these delays (10
+/// attempts over about three days).
+pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,14h,20h,24h";
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// A receiver asking for longer (`Retry-After`) gets this.
+pub const DEFAULT_RETRY_AFTER_CAP: &str = "1h";
 
 /// Where the data lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -39,15 +54,29 @@ impl DatabaseUrl {
         }
         bail!("database URL must start with sqlite:// or postgres://")
     }
+
+    /// The URL with a PostgreSQL password replaced by `***`: how it is printed.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    url.to_string()
+                }
+                // Unparsable: it may still hold a password somewhere.
+                Err(_) => "postgres://***".to_owned(),
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for DatabaseUrl {
     // A Postgres URL may carry a password: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
-            Self::Postgres(_) => f.write_str("postgres://***"),
-        }
+        f.write_str(&self.redacted())
     }
 }
 
@@ -120,9 +149,15 @@ pub struct DatabaseArgs {
 /// eight processes plus administration.
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
 
-/// Flags of `hookline serve`.
+/// Flags of `hookline serve` (and `hookline config`). Each has a variable and a
+/// file key, the flag's name with `_` for `-` ([`sources`] derives both from here).
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings, keys named like the flags (`max_attempts = 5`);
+    /// flags and variables override it.
+    #[arg(long, env = "HOOKLINE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address of the HTTP API.
     #[arg(long, env = "HOOKLINE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -148,15 +183,15 @@ pub struct ServeArgs {
     pub allow_target_cidr: Vec<IpNet>,
 
     /// Delays before the 2nd, 3rd, … attempt; the last repeats.
-    #[arg(long, env = "HOOKLINE_RETRY_SCHEDULE", default_value = policy::DEFAULT_SCHEDULE)]
-    pub retry_schedule: String,
+    #[arg(long, env = "HOOKLINE_RETRY_SCHEDULE", default_value = DEFAULT_RETRY_SCHEDULE, value_parser = RetrySchedule::parse)]
+    pub retry_schedule: RetrySchedule,
 
     /// Attempts per delivery, the first included.
-    #[arg(long, env = "HOOKLINE_MAX_ATTEMPTS", default_value_t = policy::DEFAULT_MAX_ATTEMPTS)]
+    #[arg(long, env = "HOOKLINE_MAX_ATTEMPTS", default_value_t = DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
 
     /// The longest `Retry-After` (on 429 and 503) that is honoured.
-    #[arg(long, env = "HOOKLINE_RETRY_AFTER_CAP", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HOOKLINE_RETRY_AFTER_CAP", default_value = DEFAULT_RETRY_AFTER_CAP, value_parser = humantime::parse_duration)]
     pub retry_after_cap: Duration,
 
     /// Largest `data` accepted, in bytes of compact JSON.
@@ -218,101 +253,191 @@ pub struct ServeArgs {
     pub secret_overlap: Duration,
 }
 
-/// The checked settings of a `serve` process.
+/// The checked settings of a `serve` process, in the parts its components take.
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub database: DatabaseUrl,
+    pub role: Role,
+    pub log_format: LogFormat,
+    pub database: DatabaseSettings,
+    pub api: ApiSettings,
+    pub delivery: DeliverySettings,
+    /// Events and delivery logs older than this are pruned.
+    pub retention: Duration,
+    /// How often the pruner runs.
+    pub prune_interval: Duration,
+}
+
+/// Where the data lives and how it is opened.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: DatabaseUrl,
+    /// Encrypts signing secrets at rest; generated next to a SQLite file when absent.
     pub secret_key: Option<Sensitive>,
     /// PostgreSQL pool size of this process.
-    pub db_max_connections: u32,
-    pub role: Role,
-    pub admin_token: Option<Sensitive>,
-    pub ssrf: ssrf::Policy,
-    pub retry: RetryPolicy,
-    pub max_data_bytes: usize,
+    pub max_connections: u32,
+}
+
+/// What the HTTP API needs.
+#[derive(Clone)]
+pub struct ApiSettings {
     pub catalog: Arc<Catalog>,
-    pub retention: Duration,
-    pub prune_interval: Duration,
-    pub log_format: LogFormat,
+    pub max_data_bytes: usize,
+    /// `None` turns the admin routes off (404).
+    pub admin_token: Option<Sensitive>,
+    /// How long a rotated-out signing secret keeps signing.
+    pub secret_overlap: Duration,
+    /// Target URLs are checked against it when webhooks are created or
+    /// changed; the same policy the delivery client applies at every attempt.
+    pub ssrf: ssrf::Policy,
+}
+
+/// When a failed delivery is tried again.
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    pub schedule: RetrySchedule,
+    /// Attempts per delivery, the first included.
+    pub max_attempts: u32,
+    /// The longest `Retry-After` honoured; a receiver cannot park a delivery for a week.
+    pub retry_after_cap: Duration,
+}
+
+impl Default for RetrySettings {
+    /// The defaults of the flags.
+    fn default() -> Self {
+        Self {
+            schedule: RetrySchedule::parse(DEFAULT_RETRY_SCHEDULE).expect("the default schedule parses"),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_after_cap: humantime::parse_duration(DEFAULT_RETRY_AFTER_CAP).expect("the default cap parses"),
+        }
+    }
+}
+
+/// What the delivery worker and its HTTP client need.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub retry: RetrySettings,
+    /// Which addresses may be reached, checked on every resolved address of every attempt.
+    pub ssrf: ssrf::Policy,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// How long a claimed delivery is reserved for this worker.
     pub lease: Duration,
+    /// The backstop for work nobody announced (other processes, expired leases).
     pub poll_interval: Duration,
     pub max_in_flight: usize,
     pub max_per_target: usize,
+    /// How long in-flight deliveries may take to finish on shutdown.
     pub shutdown_grace: Duration,
-    pub secret_overlap: Duration,
     /// The first cool-down of a target's open circuit.
     pub breaker_cooldown: Duration,
 }
 
+impl DeliverySettings {
+    /// The longest one send can take: a handed-over delivery is started only
+    /// with at least this much lease left.
+    pub fn longest_send(&self) -> Duration {
+        self.connect_timeout + self.request_timeout
+    }
+}
+
+/// A value that parsed but is not allowed. It names the flag; [`sources`]
+/// says instead which variable or file key the value came from.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag} {problem}")]
+pub struct Invalid {
+    /// The flag's long name, without dashes.
+    pub flag: &'static str,
+    /// Completes the sentence: "must be at least 1".
+    pub problem: String,
+}
+
+fn ensure_valid(ok: bool, flag: &'static str, problem: impl FnOnce() -> String) -> Result<(), Invalid> {
+    if ok { Ok(()) } else { Err(Invalid { flag, problem: problem() }) }
+}
+
 impl Settings {
-    /// Validates the flags; every error names the flag it is about.
-    pub fn from_args(a: ServeArgs) -> anyhow::Result<Self> {
-        let schedule =
-            policy::parse_schedule(&a.retry_schedule).map_err(|e| anyhow::anyhow!("--retry-schedule: {e}"))?;
-        ensure!(a.max_attempts >= 1, "--max-attempts must be at least 1");
-        ensure!(a.max_data_bytes >= 2, "--max-data-bytes must be at least 2 (the size of {{}})");
-        ensure!(a.max_in_flight >= 1, "--max-in-flight must be at least 1");
-        ensure!(a.max_per_target >= 1, "--max-per-target must be at least 1");
-        ensure!(a.retention_days >= 1, "--retention-days must be at least 1");
-        ensure!(!a.poll_interval.is_zero(), "--poll-interval must be positive");
-        ensure!(!a.prune_interval.is_zero(), "--prune-interval must be positive");
-        ensure!(!a.breaker_cooldown.is_zero(), "--breaker-cooldown must be positive");
-        ensure!(
-            a.lease > a.request_timeout + a.connect_timeout,
-            "--lease ({}) must be longer than --request-timeout plus --connect-timeout, or a slow delivery would be taken over while still running",
-            humantime::format_duration(a.lease)
-        );
-        if let Some(token) = &a.admin_token {
-            ensure!(token.expose().len() >= 16, "--admin-token must be at least 16 characters");
-        }
-        let catalog = match &a.event_catalog {
-            Some(path) => Catalog::from_file(path).context("--event-catalog")?,
-            None => Catalog::builtin(),
-        };
-        Ok(Self {
-            listen: a.listen,
-            database: a.db.database_url,
-            secret_key: a.db.secret_key,
-            db_max_connections: a.db.db_max_connections,
-            role: a.role,
-            admin_token: a.admin_token,
-            ssrf: ssrf::Policy { dev: a.dev, allowed: a.allow_target_cidr, dns_timeout: a.connect_timeout },
-            retry: RetryPolicy { schedule, max_attempts: a.max_attempts, retry_after_cap: a.retry_after_cap },
-            max_data_bytes: a.max_data_bytes,
-            catalog: Arc::new(catalog),
-            retention: Duration::from_secs(u64::from(a.retention_days) * 86_400),
-            prune_interval: a.prune_interval,
-            log_format: a.log_format,
-            connect_timeout: a.connect_timeout,
-            request_timeout: a.request_timeout,
-            lease: a.lease,
-            poll_interval: a.poll_interval,
-            max_in_flight: a.max_in_flight,
-            max_per_target: a.max_per_target,
-            shutdown_grace: a.shutdown_grace,
-            secret_overlap: a.secret_overlap,
-            breaker_cooldown: a.breaker_cooldown,
-        })
+    /// The settings of `hookline serve` from its command-line flags (no
+    /// program name), the variables that `env` looks up (use
+    /// [`process_env`]) and the file they name, over the defaults.
+    pub fn load<I, S>(flags: I, env: &dyn Fn(&str) -> Option<OsString>) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        sources::layer(flags.into_iter().map(Into::into).collect(), env)?.settings()
     }
 
-    /// Parses `serve` flags from a list, as the command line would: how tests
-    /// and the benchmark configure an in-process server.
+    /// Parses `serve` flags from a list, as the command line would, with the
+    /// process's variables: how tests and the demo configure an in-process server.
     pub fn from_flags<I, S>(flags: I) -> anyhow::Result<Self>
     where
         I: IntoIterator<Item = S>,
-        S: Into<std::ffi::OsString> + Clone,
+        S: Into<OsString>,
     {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            serve: ServeArgs,
+        Self::load(flags, &process_env)
+    }
+
+    /// Checks values against each other and builds the parts.
+    fn check(a: ServeArgs) -> Result<Self, Invalid> {
+        ensure_valid(a.max_attempts >= 1, "max-attempts", || "must be at least 1".into())?;
+        ensure_valid(a.max_data_bytes >= 2, "max-data-bytes", || "must be at least 2 (the size of {})".into())?;
+        ensure_valid(a.max_in_flight >= 1, "max-in-flight", || "must be at least 1".into())?;
+        ensure_valid(a.max_per_target >= 1, "max-per-target", || "must be at least 1".into())?;
+        ensure_valid(a.retention_days >= 1, "retention-days", || "must be at least 1".into())?;
+        ensure_valid(!a.poll_interval.is_zero(), "poll-interval", || "must be positive".into())?;
+        ensure_valid(!a.prune_interval.is_zero(), "prune-interval", || "must be positive".into())?;
+        ensure_valid(!a.breaker_cooldown.is_zero(), "breaker-cooldown", || "must be positive".into())?;
+        ensure_valid(a.lease > a.request_timeout + a.connect_timeout, "lease", || {
+            format!(
+                "({}) must be longer than --request-timeout plus --connect-timeout, or a slow delivery would be taken over while still running",
+                humantime::format_duration(a.lease)
+            )
+        })?;
+        if let Some(token) = &a.admin_token {
+            ensure_valid(token.expose().len() >= 16, "admin-token", || "must be at least 16 characters".into())?;
         }
-        let args = std::iter::once(std::ffi::OsString::from("hookline-serve")).chain(flags.into_iter().map(Into::into));
-        let parsed = <Wrapper as clap::Parser>::try_parse_from(args)?;
-        Self::from_args(parsed.serve)
+        let catalog = match &a.event_catalog {
+            Some(path) => Catalog::from_file(path)
+                .map_err(|e| Invalid { flag: "event-catalog", problem: format!("could not be loaded: {e:#}") })?,
+            None => Catalog::builtin(),
+        };
+        let ssrf = ssrf::Policy { dev: a.dev, allowed: a.allow_target_cidr, dns_timeout: a.connect_timeout };
+        Ok(Self {
+            listen: a.listen,
+            role: a.role,
+            log_format: a.log_format,
+            database: DatabaseSettings {
+                url: a.db.database_url,
+                secret_key: a.db.secret_key,
+                max_connections: a.db.db_max_connections,
+            },
+            api: ApiSettings {
+                catalog: Arc::new(catalog),
+                max_data_bytes: a.max_data_bytes,
+                admin_token: a.admin_token,
+                secret_overlap: a.secret_overlap,
+                ssrf: ssrf.clone(),
+            },
+            delivery: DeliverySettings {
+                retry: RetrySettings {
+                    schedule: a.retry_schedule,
+                    max_attempts: a.max_attempts,
+                    retry_after_cap: a.retry_after_cap,
+                },
+                ssrf,
+                connect_timeout: a.connect_timeout,
+                request_timeout: a.request_timeout,
+                lease: a.lease,
+                poll_interval: a.poll_interval,
+                max_in_flight: a.max_in_flight,
+                max_per_target: a.max_per_target,
+                shutdown_grace: a.shutdown_grace,
+                breaker_cooldown: a.breaker_cooldown,
+            },
+            retention: Duration::from_secs(u64::from(a.retention_days) * 86_400),
+            prune_interval: a.prune_interval,
+        })
     }
 }
 
@@ -322,14 +447,25 @@ mod tests {
 
     #[test]
     fn defaults_are_safe() {
-        let s = Settings::from_flags(["--database-url", "sqlite://x.db"]).unwrap();
+        let s = Settings::load(["--database-url", "sqlite://x.db"], &|_| None).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-        assert!(!s.ssrf.dev && s.ssrf.allowed.is_empty());
-        assert!(s.admin_token.is_none());
-        assert_eq!(s.retry.max_attempts, 10);
-        assert_eq!(s.retry.schedule.len(), 9);
+        assert!(!s.api.ssrf.dev && s.api.ssrf.allowed.is_empty());
+        assert!(!s.delivery.ssrf.dev && s.delivery.ssrf.allowed.is_empty());
+        assert!(s.api.admin_token.is_none());
+        assert_eq!(s.delivery.retry.max_attempts, 10);
+        assert_eq!(s.delivery.retry.schedule.delays().len(), 9);
         assert_eq!(s.role, Role::All);
-        assert_eq!(s.db_max_connections, DEFAULT_DB_MAX_CONNECTIONS);
+        assert_eq!(s.database.max_connections, DEFAULT_DB_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn the_retry_defaults_are_the_flag_defaults() {
+        let s = Settings::load(["--database-url", "sqlite://x.db"], &|_| None).unwrap();
+        let d = RetrySettings::default();
+        assert_eq!(
+            (s.delivery.retry.schedule, s.delivery.retry.max_attempts, s.delivery.retry.retry_after_cap),
+            (d.schedule, d.max_attempts, d.retry_after_cap)
+        );
     }
 
     #[test]
@@ -368,6 +504,7 @@ mod tests {
         assert_eq!(DatabaseUrl::parse("sqlite://hookline.db").unwrap(), DatabaseUrl::Sqlite("hookline.db".into()));
         assert_eq!(DatabaseUrl::parse("sqlite:///tmp/h.db?mode=rwc").unwrap(), DatabaseUrl::Sqlite("/tmp/h.db".into()));
         assert!(matches!(DatabaseUrl::parse("postgres://u:pw@h/db").unwrap(), DatabaseUrl::Postgres(_)));
-        assert_eq!(format!("{:?}", DatabaseUrl::parse("postgres://u:pw@h/db").unwrap()), "postgres://***");
+        assert_eq!(format!("{:?}", DatabaseUrl::parse("postgres://u:pw@h/db").unwrap()), "postgres://u:***@h/db");
+        assert_eq!(DatabaseUrl::parse("postgres://u@h:5433/db").unwrap().redacted(), "postgres://u@h:5433/db");
     }
 }
