@@ -31,7 +31,7 @@ use super::*;
 use crate::domain::{EventData, EventName, TargetUrl, UnixMs};
 
 /// Numbered migrations; `hookline_migrations` records the applied ones.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_init.sql")];
 /// Serializes migrations of concurrent processes ("hookline" in ASCII).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6c69_6e65;
 /// The channel new work is announced on.
