@@ -67,7 +67,8 @@ async fn batch_ingests(pool: PgPool, announce: Announcer, mut waiting: mpsc::Rec
         let (pool, announce) = (pool.clone(), announce.clone());
         tokio::spawn(async move {
             let (events, replies): (Vec<NewEvent>, Vec<_>) = batch.into_iter().unzip();
-            let result = match queue::ingest_batch(&pool, &events).await {
+            let results = match queue::ingest_batch(&pool, &events).await {
+                Ok(results) => results.into_iter().map(Ok).collect(),
                 // One bad event must not fail the others: each on its own.
                 Err(e) if events.len() > 1 => {
                     tracing::warn!(error = %e, events = events.len(), "a batched ingest failed; writing its events one by one");
@@ -76,28 +77,20 @@ async fn batch_ingests(pool: PgPool, announce: Announcer, mut waiting: mpsc::Rec
                         one_by_one
                             .push(queue::ingest_batch(&pool, std::slice::from_ref(e)).await.map(|mut r| r.remove(0)));
                     }
-                    Ok(one_by_one)
+                    one_by_one
                 }
-                other => other.map(|results| results.into_iter().map(Ok).collect()),
+                // A batch of one: the error is its event's own.
+                Err(e) => vec![Err(e)],
             };
-            match result {
-                Ok(results) => {
-                    // Deliveries not leased to this process's worker: tell every worker.
-                    let unleased = events.iter().zip(&results).any(|(e, r)| {
-                        e.lease.is_none() && matches!(r, Ok(Ingested::Created { targets, .. }) if !targets.is_empty())
-                    });
-                    if unleased {
-                        announce.announce();
-                    }
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result.map_err(db_err));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::Database(e.to_string())));
-                    }
-                }
+            // Deliveries not leased to this process's worker: tell every worker.
+            let unleased = events.iter().zip(&results).any(|(e, r)| {
+                e.lease.is_none() && matches!(r, Ok(Ingested::Created { targets, .. }) if !targets.is_empty())
+            });
+            if unleased {
+                announce.announce();
+            }
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result.map_err(db_err));
             }
             drop(permit);
         });

@@ -50,6 +50,6 @@ pub(super) async fn check_current(pool: &PgPool) -> Result<()> {
         sqlx::query_scalar("SELECT max(version) FROM hookline_migrations").fetch_one(pool).await.map_err(db_err)?;
     match version {
         Some(v) if v as usize == MIGRATIONS.len() => Ok(()),
-        v => Err(StoreError::Database(format!("schema version {}, expected {}", v.unwrap_or(0), MIGRATIONS.len()))),
+        v => Err(StoreError::SchemaNotCurrent { found: v.unwrap_or(0).into(), expected: MIGRATIONS.len() as i64 }),
     }
 }

@@ -51,8 +51,26 @@ pub struct PgStore {
     ingests: batcher::Batcher,
 }
 
+/// An sqlx error as a store error: a constraint violation is told by its
+/// SQLSTATE and named by PostgreSQL; anything else is kept whole.
 fn db_err(e: sqlx::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    use sqlx::error::ErrorKind;
+    let violated = match &e {
+        sqlx::Error::Database(db) => {
+            let kind = match db.kind() {
+                ErrorKind::UniqueViolation => Some(ConstraintKind::Unique),
+                ErrorKind::ForeignKeyViolation => Some(ConstraintKind::ForeignKey),
+                ErrorKind::CheckViolation => Some(ConstraintKind::Check),
+                _ => None,
+            };
+            kind.map(|kind| (kind, db.constraint().map(str::to_owned)))
+        }
+        _ => None,
+    };
+    match violated {
+        Some((kind, constraint)) => StoreError::Constraint { kind, constraint, source: Box::new(e) },
+        None => StoreError::Postgres(e),
+    }
 }
 
 impl PgStore {

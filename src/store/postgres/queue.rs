@@ -257,7 +257,7 @@ pub(super) async fn ingest_keyed(pool: &PgPool, announce: &Announcer, e: NewEven
         }
         stale_event = Some(event_id);
     }
-    Err(StoreError::Database("the idempotency key changed under three attempts in a row".into()))
+    Err(StoreError::IdempotencyKeyContended)
 }
 
 /// The answer ingest gave for this event: its deliveries, all pending as

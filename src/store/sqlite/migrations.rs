@@ -32,6 +32,6 @@ pub(super) fn check_current(conn: &Connection) -> Result<()> {
     if version == MIGRATIONS.len() {
         Ok(())
     } else {
-        Err(StoreError::Database(format!("schema version {version}, expected {}", MIGRATIONS.len())))
+        Err(StoreError::SchemaNotCurrent { found: version as i64, expected: MIGRATIONS.len() as i64 })
     }
 }

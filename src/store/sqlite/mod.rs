@@ -55,8 +55,29 @@ struct Inner {
     path: PathBuf,
 }
 
+/// A rusqlite error as a store error: a constraint violation is told by its
+/// extended code and named from SQLite's message; anything else is kept whole.
 fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    use rusqlite::ffi;
+    let violated = match &e {
+        rusqlite::Error::SqliteFailure(failure, message) => {
+            let kind = match failure.extended_code {
+                ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE => Some(ConstraintKind::Unique),
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Some(ConstraintKind::ForeignKey),
+                ffi::SQLITE_CONSTRAINT_CHECK => Some(ConstraintKind::Check),
+                _ => None,
+            };
+            // "UNIQUE constraint failed: project_webhooks.id", "CHECK constraint
+            // failed: <name or expression>"; a foreign key's names nothing.
+            let name = message.as_deref().and_then(|m| m.split_once("constraint failed: ")).map(|(_, n)| n.to_owned());
+            kind.map(|kind| (kind, name))
+        }
+        _ => None,
+    };
+    match violated {
+        Some((kind, constraint)) => StoreError::Constraint { kind, constraint, source: Box::new(e) },
+        None => StoreError::Sqlite(e),
+    }
 }
 
 fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
@@ -144,7 +165,7 @@ impl SqliteStore {
             (conn, result)
         })
         .await
-        .map_err(|e| StoreError::Database(format!("reader failed: {e}")))?;
+        .map_err(|source| StoreError::TaskFailed { task: "SQLite reader", source })?;
         self.inner.readers.lock().expect("not poisoned").push(conn);
         result
     }

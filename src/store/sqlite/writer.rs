@@ -13,7 +13,7 @@
 //! WAL stays small without the writer ever waiting for a checkpoint.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
@@ -80,7 +80,7 @@ trait WriteJob: Send {
     /// (see [`run_group`]); only its last result counts.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Delivers the result once the group's fate is known.
-    fn finish(self: Box<Self>, committed: Result<(), String>);
+    fn finish(self: Box<Self>, committed: Result<(), Arc<rusqlite::Error>>);
 }
 
 struct Job<F, T> {
@@ -101,11 +101,11 @@ where
         ok
     }
 
-    fn finish(self: Box<Self>, committed: Result<(), String>) {
+    fn finish(self: Box<Self>, committed: Result<(), Arc<rusqlite::Error>>) {
         let outcome = match (committed, self.result) {
             (Ok(()), Some(result)) => result,
-            (Ok(()), None) => Err(StoreError::Database("the write was not run".into())),
-            (Err(e), _) => Err(StoreError::Database(e)),
+            (Ok(()), None) => Err(StoreError::WriteNotRun),
+            (Err(e), _) => Err(StoreError::GroupCommit(e)),
         };
         let _ = self.reply.send(outcome);
     }
@@ -122,7 +122,8 @@ fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
             }
         }
         let started = std::time::Instant::now();
-        let committed = run_group(&conn, &mut group);
+        // One error for the whole group, shared by every write in it.
+        let committed = run_group(&conn, &mut group).map_err(Arc::new);
         // How well group commit works: writes per commit, and what a commit costs.
         ::metrics::histogram!("hookline_sqlite_group_writes").record(group.len() as f64);
         ::metrics::histogram!("hookline_sqlite_group_seconds").record(started.elapsed().as_secs_f64());
@@ -153,24 +154,23 @@ fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
 /// statement journal, which cost about 5 % of the CPU of a busy server. If a
 /// job fails, nothing of the group is kept and it runs again with a savepoint
 /// per job, so one failing write cannot take the others down with it.
-fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
+fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<()> {
     let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
-    exec("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    exec("BEGIN IMMEDIATE")?;
     if group.iter_mut().all(|job| job.run(conn)) {
-        return exec("COMMIT").map_err(|e| {
+        return exec("COMMIT").inspect_err(|_| {
             let _ = exec("ROLLBACK");
-            e.to_string()
         });
     }
-    exec("ROLLBACK").map_err(|e| e.to_string())?;
-    exec("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    exec("ROLLBACK")?;
+    exec("BEGIN IMMEDIATE")?;
     let mut failed = None;
     for job in group.iter_mut() {
         let step = exec("SAVEPOINT job").and_then(|()| {
             if job.run(conn) { exec("RELEASE job") } else { exec("ROLLBACK TO job").and_then(|()| exec("RELEASE job")) }
         });
         if let Err(e) = step {
-            failed = Some(e.to_string());
+            failed = Some(e);
             break;
         }
     }
@@ -178,9 +178,8 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
         let _ = exec("ROLLBACK");
         return Err(e);
     }
-    exec("COMMIT").map_err(|e| {
+    exec("COMMIT").inspect_err(|_| {
         let _ = exec("ROLLBACK");
-        e.to_string()
     })
 }
 
@@ -188,7 +187,7 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
 mod tests {
     use super::super::SqliteStore;
     use crate::domain::{ApiKey, ApiKeyId, EventName, ProjectId, TargetUrl, WebhookId};
-    use crate::store::{Backend as _, NewApiKey, Page, Project, Webhook};
+    use crate::store::{Backend as _, ConstraintKind, NewApiKey, Page, Project, StoreError, Webhook};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_write_does_not_take_the_rest_of_its_group_down() {
@@ -221,7 +220,11 @@ mod tests {
         });
         let results: Vec<_> = futures_util::future::join_all(writes).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
-        assert!(results[32].is_err());
+        assert!(
+            matches!(results[32], Err(StoreError::Constraint { kind: ConstraintKind::Unique, .. })),
+            "the failing write gets its own error, named: {:?}",
+            results[32]
+        );
         let listed = store.list_webhooks(project.id.clone(), Page { limit: 200, after: None }).await.unwrap();
         assert_eq!(listed.items.len(), 64, "the 63 good writes and the first one were kept");
     }
