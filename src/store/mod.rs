@@ -49,10 +49,19 @@ pub enum StoreError {
     GroupCommit(#[source] Arc<rusqlite::Error>),
     #[error("PostgreSQL failed")]
     Postgres(#[source] sqlx::Error),
+    #[error("migrating the PostgreSQL schema failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A PostgreSQL database migrated by a pre-release hookline, whose
+    /// migration runner is gone (see `postgres/migrations.rs`).
+    #[error(
+        "this database was set up by a pre-release hookline (it has a hookline_migrations table); \
+         create a new database and point hookline at it"
+    )]
+    PreReleaseSchema,
     /// Readiness: the schema is not the one this build expects.
     #[error("the schema is at version {found}, this hookline expects {expected}; run `hookline migrate`")]
     SchemaNotCurrent { found: i64, expected: i64 },
-    /// A task doing store work ended without an answer (it panicked).
+    /// A task doing store work ended without an answer (it panicked or was cancelled).
     #[error("the {task} task failed")]
     TaskFailed {
         task: &'static str,

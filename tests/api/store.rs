@@ -471,3 +471,27 @@ backend_tests! {
         }
     }
 }
+
+/// A PostgreSQL database set up by the pre-release migration runner is
+/// refused as it is, with a message that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_pre_release_migration_runner_is_refused_untouched() {
+    let Some(backend) = Backend::postgres() else { return skipped_without_postgres() };
+    let db = TestDatabase::create(&backend).await;
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE hookline_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let url = hookline::config::DatabaseUrl::parse(&db.url).unwrap();
+    let store = Store::open(&url, 2).await.unwrap();
+
+    let refused = store.migrate().await;
+
+    assert!(matches!(refused, Err(StoreError::PreReleaseSchema)), "{refused:?}");
+    assert!(refused.unwrap_err().to_string().contains("create a new database"));
+    assert_eq!(count_rows(&db, "pg_tables WHERE tablename IN ('_sqlx_migrations', 'projects')").await, 0);
+}

@@ -12,7 +12,7 @@
 //!   counts, pruning.
 //! - `crud.rs`: projects, keys, secrets, webhooks; reads of events and logs.
 //! - `rows.rs`: row mapping, written once, and the typed columns.
-//! - `migrations.rs`: the schema's migrations.
+//! - `migrations.rs`: the schema's migrations, by sqlx's migrator.
 //!
 //! Statements are runtime queries (no sqlx macros), so building needs no
 //! database.
@@ -43,7 +43,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Where the listener connects (its own connection, outside the pool).
+    /// Where the listener and the migrator connect (connections of their
+    /// own, outside the pool).
     options: Arc<PgConnectOptions>,
     /// Tells workers in other processes that work was committed.
     announce: notify::Announcer,
@@ -97,7 +98,7 @@ impl PgStore {
 
 impl Backend for PgStore {
     async fn migrate(&self) -> Result<()> {
-        migrations::migrate(&self.pool).await
+        migrations::migrate(&self.options).await
     }
 
     async fn ping(&self) -> Result<()> {
