@@ -1,8 +1,8 @@
 //! The store: the only place with SQL.
 //!
-//! [`Backend`] is the contract; `sqlite.rs` and `postgres.rs` implement it and
-//! [`Store`] dispatches to the configured one without boxing. One conformance
-//! suite (`tests/api/store.rs`) runs against both.
+//! [`Backend`] is the contract, with its model types and [`StoreError`] in
+//! this file; [`Store`] dispatches to the configured backend without boxing.
+//! One conformance suite (`tests/api/store.rs`) runs against both backends.
 //!
 //! The database is also the queue (a transactional outbox): [`Backend::ingest`]
 //! commits the event and one pending delivery per active webhook in one
@@ -10,6 +10,25 @@
 //! Workers [`Backend::claim`] due deliveries with a lease, commit, send without
 //! any transaction open, and [`Backend::complete`] with a guarded update that
 //! only applies while their lease is still the current one.
+//!
+//! Each backend is a folder, split by what each part owns; its `mod.rs` holds
+//! the [`Backend`] impl, which hands every operation to one of the others:
+//!
+//! - [`sqlite`]: the embedded default, on rusqlite.
+//!   - `writer.rs`: the one writer thread and its group commit; the checkpoint thread.
+//!   - `queue.rs`: ingest, claim, complete, release, manual retry, queue counts, pruning.
+//!   - `crud.rs`: projects, keys, secrets, webhooks; reads of events and logs.
+//!   - `rows.rs`: row mapping, written once, and the typed columns.
+//!   - `migrations.rs`: its own small runner over `PRAGMA user_version`.
+//! - [`postgres`]: one database shared by many processes, on sqlx.
+//!   - `batcher.rs`: concurrent ingests written a batch per transaction.
+//!   - `notify.rs`: `LISTEN/NOTIFY`, to wake workers in other processes.
+//!   - `queue.rs`, `crud.rs`, `rows.rs`: as for SQLite.
+//!   - `migrations.rs`: sqlx's migrator, with the SQL files embedded.
+//!
+//! Errors keep their cause. A write that breaks a constraint of the schema
+//! comes back as [`StoreError::Constraint`], naming the constraint, which the
+//! API answers with 409 or 422 (`api/error.rs`); anything else is a 500.
 
 pub mod postgres;
 pub mod sqlite;
