@@ -2,8 +2,9 @@
 //! model type, beside the column list each mapper expects, and how the typed
 //! domain values (`TargetUrl`, `EventName`) go in and out of a column.
 //!
-//! The rows that only one statement shapes (a claim, queue counts) are mapped
-//! beside that statement, in `queue.rs`.
+//! The rows that only one statement shapes are mapped beside that statement:
+//! a claim, a receipt and queue counts in `queue.rs`, a project's secrets
+//! (the project comes from the query, not the row) in `crud.rs`.
 
 use rusqlite::Row;
 
