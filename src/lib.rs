@@ -20,7 +20,14 @@
 //! - [`domain`]: ids, event catalog, target URLs, keys and secrets, the retry
 //!   schedule. Pure types, no I/O.
 //! - [`api`]: axum routes, one module per resource; problem+json errors.
-//! - [`store`]: the only SQL; the [`store::Backend`] contract and its backends.
+//! - [`queue`]: the outbox path: enqueue (commit, then hand over in memory),
+//!   claim, complete, manual retry.
+//! - [`store`]: the only SQL; the [`store::Backend`] contract, its model types
+//!   and errors, and one folder per backend:
+//!   - [`store::sqlite`]: the writer thread (group commit), queue statements,
+//!     CRUD, row mapping, migrations;
+//!   - [`store::postgres`]: the ingest batcher, `NOTIFY`, queue statements,
+//!     CRUD, row mapping, migrations (sqlx's migrator).
 //! - [`delivery`]: the worker, the HTTP client, the retry policy.
 //! - [`signing`]: both signature schemes, sign and verify.
 //! - [`ssrf`]: which target addresses may be reached.

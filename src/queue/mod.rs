@@ -69,7 +69,7 @@ impl Queue {
         let queue = self.clone();
         tokio::spawn(async move { queue.enqueue_here(event).await })
             .await
-            .map_err(|e| store::StoreError::Database(format!("the ingest task failed: {e}")))?
+            .map_err(|source| store::StoreError::TaskFailed { task: "ingest", source })?
     }
 
     async fn enqueue_here(&self, mut event: NewEvent) -> store::Result<Ingested> {
