@@ -290,7 +290,7 @@ impl Settings {
     }
 
     /// Parses `serve` flags from a list, as the command line would: how tests
-    /// and the benchmark configure an in-process server.
+    /// and the demo configure an in-process server.
     pub fn from_flags<I, S>(flags: I) -> anyhow::Result<Self>
     where
         I: IntoIterator<Item = S>,

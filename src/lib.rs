@@ -25,7 +25,6 @@
 //! - [`vault`]: encryption of signing secrets at rest.
 //! - [`projects`]: provisioning of projects, keys and secrets.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
-//! - [`bench`]: the end-to-end benchmark (`hookline bench`).
 //! - [`verify`]: offline signature check of a captured request (`hookline verify`).
 //! - [`demo`]: the whole flow in one command (`hookline demo`).
 //! - [`telemetry`]: process logs and the Prometheus recorder.
@@ -34,7 +33,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;
