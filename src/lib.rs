@@ -36,7 +36,6 @@
 //!   of projects, API keys and signing secrets, and their caches; called by
 //!   the API and the CLI alike.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
-//! - [`bench`]: the end-to-end benchmark (`hookline bench`).
 //! - [`verify`]: offline signature check of a captured request (`hookline verify`).
 //! - [`demo`]: the whole flow in one command (`hookline demo`).
 //! - [`telemetry`]: process logs and the Prometheus recorder.
@@ -45,7 +44,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;
