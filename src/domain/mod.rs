@@ -3,6 +3,8 @@
 
 pub mod catalog;
 pub mod ids;
+pub mod lifecycle;
+pub mod operational;
 pub mod retry;
 pub mod secrets;
 pub mod target_url;
@@ -10,6 +12,8 @@ pub mod time;
 
 pub use catalog::{Catalog, DataError, EventData, EventName, FieldError};
 pub use ids::{ApiKeyId, DeliveryId, EventId, ProjectId, WebhookId};
+pub use lifecycle::{DisablePolicy, DisableReason, Verdict};
+pub use operational::Operational;
 pub use retry::RetrySchedule;
 pub use secrets::{ApiKey, ApiKeyHash, SigningSecret};
 pub use target_url::TargetUrl;
