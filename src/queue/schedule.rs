@@ -424,6 +424,8 @@ mod tests {
             webhook_id: WebhookId::from_trusted(format!("wh_{webhook}")),
             webhook: Some((TargetUrl::parse(url).unwrap(), true)),
             attempts: 0,
+            attempt_base: 0,
+            kind: crate::store::DeliveryKind::Event,
         }
     }
 

@@ -134,18 +134,24 @@ pub(super) async fn rotate_secret(
 }
 
 pub(super) async fn create_webhook(pool: &PgPool, w: Webhook) -> Result<()> {
-    sqlx::query(concat!("INSERT INTO project_webhooks (", webhook_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7)"))
-        .bind(w.id.as_str())
-        .bind(w.project_id.as_str())
-        .bind(&w.event)
-        .bind(&w.target_url)
-        .bind(w.is_active)
-        .bind(w.created_at)
-        .bind(w.updated_at)
-        .execute(pool)
-        .await
-        .map(drop)
-        .map_err(db_err)
+    sqlx::query(concat!(
+        "INSERT INTO project_webhooks (",
+        webhook_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ))
+    .bind(w.id.as_str())
+    .bind(w.project_id.as_str())
+    .bind(&w.event)
+    .bind(&w.target_url)
+    .bind(w.is_active)
+    .bind(w.created_at)
+    .bind(w.updated_at)
+    .bind(w.disabled.as_ref().map(|d| d.reason.as_str()))
+    .bind(w.disabled.as_ref().map(|d| d.at))
+    .execute(pool)
+    .await
+    .map(drop)
+    .map_err(db_err)
 }
 
 pub(super) async fn list_webhooks(pool: &PgPool, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
@@ -182,8 +188,14 @@ pub(super) async fn update_webhook(
     now: UnixMs,
 ) -> Result<Option<Webhook>> {
     let found = sqlx::query(concat!(
+        // Made active: what hookline recorded when it disabled the webhook
+        // goes, and a streak of failures starts afresh.
         "UPDATE project_webhooks SET event = COALESCE($1, event), target_url = COALESCE($2, target_url), \
-         is_active = COALESCE($3, is_active), updated_at = $4 WHERE id = $5 AND project_id = $6 RETURNING ",
+         is_active = COALESCE($3, is_active), updated_at = $4, \
+         disabled_reason = CASE WHEN $3 THEN NULL ELSE disabled_reason END, \
+         disabled_at = CASE WHEN $3 THEN NULL ELSE disabled_at END, \
+         failing_since = CASE WHEN $3 AND NOT is_active THEN NULL ELSE failing_since END \
+         WHERE id = $5 AND project_id = $6 RETURNING ",
         webhook_columns!()
     ))
     .bind(patch.event.as_ref().map(|e| e.as_str()))

@@ -127,7 +127,7 @@ pub(super) fn rotate_secret(
 
 pub(super) fn create_webhook(conn: &Connection, w: &Webhook) -> Result<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -137,7 +137,9 @@ pub(super) fn create_webhook(conn: &Connection, w: &Webhook) -> Result<()> {
             &w.target_url,
             w.is_active,
             w.created_at,
-            w.updated_at
+            w.updated_at,
+            w.disabled.as_ref().map(|d| d.reason.as_str()),
+            w.disabled.as_ref().map(|d| d.at)
         ])
     })
     .map(drop)
@@ -172,8 +174,14 @@ pub(super) fn update_webhook(
 ) -> Result<Option<Webhook>> {
     let changed = conn
         .prepare_cached(
+            // Made active: what hookline recorded when it disabled the
+            // webhook goes, and a streak of failures starts afresh.
             "UPDATE project_webhooks SET event = COALESCE(?1, event), target_url = COALESCE(?2, target_url), \
-             is_active = COALESCE(?3, is_active), updated_at = ?4 WHERE id = ?5 AND project_id = ?6",
+             is_active = COALESCE(?3, is_active), updated_at = ?4, \
+             disabled_reason = CASE WHEN ?3 = 1 THEN NULL ELSE disabled_reason END, \
+             disabled_at = CASE WHEN ?3 = 1 THEN NULL ELSE disabled_at END, \
+             failing_since = CASE WHEN ?3 = 1 AND is_active = 0 THEN NULL ELSE failing_since END \
+             WHERE id = ?5 AND project_id = ?6",
         )
         .and_then(|mut s| {
             s.execute(params![
