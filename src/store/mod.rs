@@ -285,6 +285,17 @@ pub struct DeliveryLog {
     pub updated_at: UnixMs,
 }
 
+/// What a manual retry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// Pending and due now.
+    Due(DeliveryLog),
+    /// In flight or already due: nothing changed.
+    Busy,
+    /// No such delivery in this project.
+    NotFound,
+}
+
 /// One attempt of a delivery, as kept in `delivery_attempts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
@@ -479,14 +490,15 @@ pub trait Backend: Send + Sync {
         project: ProjectId,
         id: DeliveryId,
     ) -> impl Future<Output = Result<Option<(DeliveryLog, Vec<Attempt>)>>> + Send;
-    /// Makes a delivery pending and due now, whatever its state. A lease held
-    /// by a worker is cancelled: that worker's result will not be recorded.
+    /// Makes a delivery due now (SPEC §8): one that waits for a later attempt,
+    /// `sent` or `failed`. One that is in flight (under an unexpired lease) or
+    /// already due is left as it is: a retry never adds a request to those.
     fn retry_delivery(
         &self,
         project: ProjectId,
         id: DeliveryId,
         now: UnixMs,
-    ) -> impl Future<Output = Result<Option<DeliveryLog>>> + Send;
+    ) -> impl Future<Output = Result<Retried>> + Send;
 
     /// Leases up to `limit` due deliveries until `lease_until`.
     fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
@@ -613,7 +625,7 @@ impl Backend for Store {
     async fn get_log(&self, project: ProjectId, id: DeliveryId) -> Result<Option<(DeliveryLog, Vec<Attempt>)>> {
         dispatch!(self, s => s.get_log(project, id).await)
     }
-    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         dispatch!(self, s => s.retry_delivery(project, id, now).await)
     }
     async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {

@@ -188,7 +188,7 @@ impl Backend for PgStore {
         crud::get_log(&self.pool, project, id).await
     }
 
-    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         queue::retry_delivery(&self.pool, &self.announce, project, id, now).await
     }
 

@@ -18,8 +18,8 @@ use super::notify::Announcer;
 use super::rows::{log_columns, log_from_row, row};
 use crate::domain::{DeliveryId, EventData, EventId, ProjectId, TargetUrl, UnixMs, WebhookId};
 use crate::store::{
-    Claimed, Completion, DeliveryLog, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken,
-    NewEvent, QueueStats, Receipt, Result, StoreError,
+    Claimed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken, NewEvent,
+    QueueStats, Receipt, Result, Retried, StoreError,
 };
 
 /// Writes events (none with an idempotency key) and their deliveries in one
@@ -298,10 +298,12 @@ pub(super) async fn retry_delivery(
     project: ProjectId,
     id: DeliveryId,
     now: UnixMs,
-) -> Result<Option<DeliveryLog>> {
+) -> Result<Retried> {
+    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
     let found = sqlx::query(concat!(
         "UPDATE webhook_logs SET status = 'pending', next_attempt_at = $1, lease_token = NULL, updated_at = $1 \
-         WHERE id = $2 AND project_id = $3 RETURNING ",
+         WHERE id = $2 AND project_id = $3 \
+         AND NOT (status = 'pending' AND (next_attempt_at <= $1 OR lease_token IS NOT NULL)) RETURNING ",
         log_columns!()
     ))
     .bind(now)
@@ -310,11 +312,17 @@ pub(super) async fn retry_delivery(
     .fetch_optional(pool)
     .await
     .map_err(db_err)?;
-    let log = row(found, log_from_row)?;
-    if log.is_some() {
+    if let Some(log) = row(found, log_from_row)? {
         announce.announce();
+        return Ok(Retried::Due(log));
     }
-    Ok(log)
+    let exists = sqlx::query("SELECT 1 FROM webhook_logs WHERE id = $1 AND project_id = $2")
+        .bind(id.as_str())
+        .bind(project.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+    Ok(if exists.is_some() { Retried::Busy } else { Retried::NotFound })
 }
 
 /// Leases due deliveries in one statement and returns what sending them needs.

@@ -260,7 +260,7 @@ impl Backend for SqliteStore {
         self.read(move |conn| crud::get_log(conn, &project, &id)).await
     }
 
-    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         self.write(move |conn| queue::retry_delivery(conn, &project, &id, now)).await
     }
 

@@ -13,8 +13,8 @@ use super::crud::get_log_row;
 use super::db_err;
 use crate::domain::{DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId};
 use crate::store::{
-    Claimed, Completion, DeliveryLog, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken,
-    NewEvent, QueueStats, Receipt, Result,
+    Claimed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken, NewEvent,
+    QueueStats, Receipt, Result, Retried,
 };
 
 /// The answer ingest gave for this event: its deliveries, all pending as they
@@ -115,19 +115,21 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
     Ok(Ingested::Created { receipt, targets })
 }
 
-pub(super) fn retry_delivery(
-    conn: &Connection,
-    project: &ProjectId,
-    id: &DeliveryId,
-    now: UnixMs,
-) -> Result<Option<DeliveryLog>> {
-    conn.prepare_cached(
-        "UPDATE webhook_logs SET status = 'pending', next_attempt_at = ?1, lease_token = NULL, updated_at = ?1 \
-         WHERE id = ?2 AND project_id = ?3",
-    )
-    .and_then(|mut s| s.execute(params![now, id.as_str(), project.as_str()]))
-    .and_then(|_| get_log_row(conn, project, id))
-    .map_err(db_err)
+pub(super) fn retry_delivery(conn: &Connection, project: &ProjectId, id: &DeliveryId, now: UnixMs) -> Result<Retried> {
+    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
+    let changed = conn
+        .prepare_cached(
+            "UPDATE webhook_logs SET status = 'pending', next_attempt_at = ?1, lease_token = NULL, updated_at = ?1 \
+             WHERE id = ?2 AND project_id = ?3 \
+             AND NOT (status = 'pending' AND (next_attempt_at <= ?1 OR lease_token IS NOT NULL))",
+        )
+        .and_then(|mut s| s.execute(params![now, id.as_str(), project.as_str()]))
+        .map_err(db_err)?;
+    Ok(match get_log_row(conn, project, id).map_err(db_err)? {
+        Some(log) if changed > 0 => Retried::Due(log),
+        Some(_) => Retried::Busy,
+        None => Retried::NotFound,
+    })
 }
 
 /// Leases up to `limit` due deliveries to `lease` until `lease_until`.
