@@ -58,6 +58,7 @@ fn webhook(id: WebhookId, project: &ProjectId, event: &str) -> Webhook {
         is_active: true,
         created_at: T - DAY * 30,
         updated_at: T - DAY * 30,
+        rate_limit: None,
     }
 }
 

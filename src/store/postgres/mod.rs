@@ -211,4 +211,7 @@ impl Backend for PgStore {
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         queue::queue_stats(&self.pool, now).await
     }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        queue::take_rate_slots(&self.pool, &webhook, now_us, count, interval_us).await
+    }
 }

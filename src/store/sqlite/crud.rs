@@ -127,7 +127,7 @@ pub(super) fn rotate_secret(
 
 pub(super) fn create_webhook(conn: &Connection, w: &Webhook) -> Result<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -137,7 +137,8 @@ pub(super) fn create_webhook(conn: &Connection, w: &Webhook) -> Result<()> {
             &w.target_url,
             w.is_active,
             w.created_at,
-            w.updated_at
+            w.updated_at,
+            w.rate_limit
         ])
     })
     .map(drop)
@@ -173,7 +174,8 @@ pub(super) fn update_webhook(
     let changed = conn
         .prepare_cached(
             "UPDATE project_webhooks SET event = COALESCE(?1, event), target_url = COALESCE(?2, target_url), \
-             is_active = COALESCE(?3, is_active), updated_at = ?4 WHERE id = ?5 AND project_id = ?6",
+             is_active = COALESCE(?3, is_active), updated_at = ?4, \
+             rate_limit = CASE WHEN ?7 THEN ?8 ELSE rate_limit END WHERE id = ?5 AND project_id = ?6",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -182,7 +184,9 @@ pub(super) fn update_webhook(
                 patch.is_active,
                 now,
                 id.as_str(),
-                project.as_str()
+                project.as_str(),
+                patch.rate_limit.is_some(),
+                patch.rate_limit.flatten()
             ])
         })
         .map_err(db_err)?;

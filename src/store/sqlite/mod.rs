@@ -285,4 +285,7 @@ impl Backend for SqliteStore {
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         self.read(move |conn| queue::queue_stats(conn, now)).await
     }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        self.write(move |conn| queue::take_rate_slots(conn, &webhook, now_us, count, interval_us)).await
+    }
 }
