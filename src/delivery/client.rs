@@ -15,6 +15,18 @@
 //!
 //! Redirects are never followed (nothing here would follow one), and no proxy
 //! is used: the connector dials the target itself, whatever `HTTPS_PROXY` says.
+//!
+//! Connecting: the name is looked up by the SSRF policy's bounded resolver
+//! ([`crate::ssrf::Resolver`]), and the checked addresses are raced Happy
+//! Eyeballs style (`race`), so one dead address costs 250 ms, not the
+//! connect timeout.
+//!
+//! Kept-alive connections (SPEC §8): before an idle connection carries a
+//! request it is checked without waiting; one the receiver wrote to or closed
+//! meanwhile is dropped. A request written on a kept-alive connection that
+//! then breaks without a byte of answer is sent once more on a new
+//! connection, and [`Sent::resent_after`] tells the caller so it can count
+//! both.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
