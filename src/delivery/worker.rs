@@ -365,7 +365,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
                 Err(e) => return (failed_without_attempt(&c, &e.to_string()), Health::Unknown),
             };
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
-            let result = shared.client.post(&url, headers, body).await;
+            let result = shared.client.post(&url, headers, body).await.result;
             ::metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(clock.elapsed().as_secs_f64());
             result
         }
