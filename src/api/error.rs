@@ -37,6 +37,10 @@ pub enum ApiError {
     /// answered: schema names are not the client's business.
     #[error("the change conflicts with an existing object")]
     Conflict { constraint: String },
+    /// 409: a manual retry of a delivery that is in flight or already due;
+    /// nothing is sent (SPEC §8).
+    #[error("the delivery is in flight or already due; nothing more is sent for this retry")]
+    DeliveryBusy,
     /// 422: the change refers to an object that does not exist, or breaks a
     /// rule of the schema (a foreign key or CHECK constraint); its name is logged.
     #[error("the change refers to an object that does not exist or breaks a rule of the schema")]
@@ -71,7 +75,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::DeliveryBusy => StatusCode::CONFLICT,
             Self::Validation(_) | Self::ConstraintViolated { .. } | Self::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -90,6 +94,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Conflict { .. } => "conflict",
+            Self::DeliveryBusy => "delivery-busy",
             Self::ConstraintViolated { .. } => "constraint-violated",
             Self::Validation(_) => "validation",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
@@ -174,6 +179,11 @@ pub mod responses {
     #[derive(ToResponse)]
     #[response(content_type = "application/problem+json")]
     pub struct UnsupportedMediaType(Problem);
+
+    /// The request conflicts with the state of the object.
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct Conflict(Problem);
 
     /// Well-formed input that breaks a rule; `errors` names each field.
     #[derive(ToResponse)]

@@ -11,13 +11,13 @@ use utoipa_axum::routes;
 use super::auth::ProjectAuth;
 use super::error::ApiError;
 use super::error::responses::{
-    BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
+    BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
 };
 use super::extract::{PageParams, QueryMap, TypedJson};
 use super::{AppState, ListResponse};
 use crate::domain::time::{parse_rfc3339, to_rfc3339};
 use crate::domain::{DeliveryId, EventId, WebhookId};
-use crate::store::{Attempt, Backend as _, DeliveryLog, DeliveryStatus, LogFilter};
+use crate::store::{Attempt, Backend as _, DeliveryLog, DeliveryStatus, LogFilter, Retried};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list)).routes(routes!(show)).routes(routes!(retry)).routes(routes!(replay))
@@ -315,8 +315,10 @@ async fn replay(
 
 /// Send a delivery again now.
 ///
-/// Whatever its state: the delivery becomes pending and due at once, and keeps
-/// its id (`webhook-id`) and its attempt history.
+/// A delivery that waits for a later attempt, `sent` or `failed` becomes
+/// pending and due at once, and keeps its id (`webhook-id`) and its attempt
+/// history. One that is in flight or already due answers 409 and nothing more
+/// is sent: a retry never multiplies requests toward the receiver.
 #[utoipa::path(
     post,
     path = "/v1/webhook-logs/{id}/retry",
@@ -327,6 +329,7 @@ async fn replay(
         (status = 202, description = "Pending again, due now", body = LogView),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -336,6 +339,9 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<LogView>), ApiError> {
     let id = DeliveryId::parse(&id).ok_or(ApiError::NotFound)?;
-    let log = app.queue.retry_now(project, id).await?.ok_or(ApiError::NotFound)?;
-    Ok((StatusCode::ACCEPTED, Json(log.into())))
+    match app.queue.retry_now(project, id).await? {
+        Retried::Due(log) => Ok((StatusCode::ACCEPTED, Json(log.into()))),
+        Retried::Busy => Err(ApiError::DeliveryBusy),
+        Retried::NotFound => Err(ApiError::NotFound),
+    }
 }

@@ -210,8 +210,7 @@ impl Worker {
     fn hold(&self, shared: &Shared, scheduler: &mut Scheduler, claimed: Vec<Claimed>) {
         let now = now_ms();
         for c in claimed {
-            // Without a rate limit column yet, every webhook is unlimited.
-            if let Some(c) = scheduler.push(c, None, now) {
+            if let Some(c) = scheduler.push(c, now) {
                 let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now + GIVE_BACK_DELAY_MS));
             }
         }
@@ -226,17 +225,39 @@ impl Worker {
         // longest send is given back at once, for whichever worker claims it.
         let margin = self.settings.longest_send().as_millis() as i64;
         let mut starting = Vec::new();
-        while let Some(step) = scheduler.next(now) {
-            match step {
-                Step::Start(s) if s.claimed.lease_until - now < margin => {
-                    let _ = shared.results.send(TaskEnd::GiveBack(s.claimed.id.clone(), s.claimed.lease, now));
-                    scheduler.finish(s.ticket(), Health::Unknown, Duration::ZERO, now);
+        loop {
+            while let Some(step) = scheduler.next(now) {
+                match step {
+                    Step::Start(s) if s.claimed.lease_until - now < margin => {
+                        let _ = shared.results.send(TaskEnd::GiveBack(s.claimed.id.clone(), s.claimed.lease, now));
+                        scheduler.finish(s.ticket(), Health::Unknown, Duration::ZERO, now);
+                    }
+                    Step::Start(s) => starting.push(s),
+                    Step::Postpone { claimed, until, why } => {
+                        ::metrics::counter!("hookline_deliveries_postponed_total", "reason" => why.as_str())
+                            .increment(1);
+                        let _ = shared.results.send(TaskEnd::GiveBack(claimed.id, claimed.lease, until));
+                    }
                 }
-                Step::Start(s) => starting.push(s),
-                Step::Postpone { claimed, until, why } => {
-                    ::metrics::counter!("hookline_deliveries_postponed_total", "reason" => why.as_str()).increment(1);
-                    let _ = shared.results.send(TaskEnd::GiveBack(claimed.id, claimed.lease, until));
+            }
+            // Rate-limited webhooks without slots: ask the database (shared by
+            // every worker), then look again. A failure waits for the next poll.
+            let wants = scheduler.take_wants();
+            if wants.is_empty() {
+                break;
+            }
+            let mut granted_any = false;
+            for (webhook, rate, count) in wants {
+                match self.queue.rate_slots(webhook.clone(), rate, count, now).await {
+                    Ok(slots) => {
+                        scheduler.grant(&webhook, slots);
+                        granted_any = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "taking rate-limit slots failed; retrying at the next poll"),
                 }
+            }
+            if !granted_any {
+                break;
             }
         }
         if starting.is_empty() {
@@ -350,7 +371,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
                 Err(e) => return (failed_without_attempt(&c, &e.to_string()), Health::Unknown),
             };
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
-            let result = shared.client.post(&url, headers, body).await;
+            let result = shared.client.post(&url, headers, body).await.result;
             ::metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(clock.elapsed().as_secs_f64());
             result
         }

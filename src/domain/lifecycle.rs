@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn the_streak_starts_at_the_first_failure_and_ends_at_a_success() {
-        let cases: &[(Option<UnixMs>, &[(UnixMs, Verdict)], Option<UnixMs>)] = &[
+        // (stored failing_since, results, failing_since after)
+        type Case<'a> = (Option<UnixMs>, &'a [(UnixMs, Verdict)], Option<UnixMs>);
+        let cases: &[Case] = &[
             (None, &[(10, Failed)], Some(10)),
             (Some(5), &[(10, Failed)], Some(5)),
             (Some(5), &[(10, Succeeded)], None),

@@ -26,10 +26,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::time::now_ms;
-use crate::domain::{DeliveryId, DisablePolicy, ProjectId, TargetUrl, UnixMs};
+use crate::domain::{DeliveryId, DisablePolicy, ProjectId, UnixMs, WebhookId};
 use crate::store::{
-    self, Backend as _, Claimed, Completion, DeliveryKind, DeliveryLog, Ingested, Lease, LeaseToken, NewEvent, Receipt,
-    Store,
+    self, Backend as _, Claimed, Completion, DeliveryKind, Ingested, Lease, LeaseToken, NewEvent, Receipt, Retried,
+    Store, Target,
 };
 
 pub use handoff::HandoffReceiver;
@@ -103,13 +103,14 @@ impl Queue {
         Ok(ingested)
     }
 
-    /// Makes a delivery pending and due now (manual redelivery) and wakes the worker.
-    pub async fn retry_now(&self, project: ProjectId, id: DeliveryId) -> store::Result<Option<DeliveryLog>> {
-        let log = self.store.retry_delivery(project, id, now_ms()).await?;
-        if log.is_some() {
+    /// Makes a delivery due now (manual redelivery) unless it is in flight or
+    /// already due, and wakes the worker.
+    pub async fn retry_now(&self, project: ProjectId, id: DeliveryId) -> store::Result<Retried> {
+        let retried = self.store.retry_delivery(project, id, now_ms()).await?;
+        if let Retried::Due(_) = retried {
             self.work_ready.notify_one();
         }
-        Ok(log)
+        Ok(retried)
     }
 
     /// Leases up to `limit` due deliveries to the caller, from `now` for the lease period.
@@ -131,6 +132,15 @@ impl Queue {
         self.store.release(held, due_at).await
     }
 
+    /// Reserves up to `count` request slots of a webhook limited to `rate`
+    /// per second, shared with every other worker on the database: the times
+    /// (unix µs) its next requests may go, `1/rate` s apart.
+    pub async fn rate_slots(&self, webhook: WebhookId, rate: u32, count: u32, now: UnixMs) -> store::Result<Vec<i64>> {
+        let interval_us = 1_000_000 / i64::from(rate.max(1));
+        let first = self.store.take_rate_slots(webhook, now * 1000, count, interval_us).await?;
+        Ok((0..i64::from(count)).map(|i| first + i * interval_us).collect())
+    }
+
     /// Resolves when new work may be due (woken in this process, or by another one).
     pub async fn work_ready(&self) {
         self.work_ready.notified().await
@@ -150,7 +160,7 @@ impl Queue {
 
 /// The deliveries of an event created leased to this process's worker, as
 /// the worker gets them without a claim.
-fn leased_at_ingest(e: &NewEvent, lease: Lease, receipt: &Receipt, targets: &[TargetUrl]) -> Vec<Claimed> {
+fn leased_at_ingest(e: &NewEvent, lease: Lease, receipt: &Receipt, targets: &[Target]) -> Vec<Claimed> {
     receipt
         .deliveries
         .iter()
@@ -165,8 +175,9 @@ fn leased_at_ingest(e: &NewEvent, lease: Lease, receipt: &Receipt, targets: &[Ta
             event_created_at: e.created_at,
             data: e.data.clone(),
             webhook_id: d.webhook_id.clone(),
-            webhook: Some((target.clone(), true)),
+            webhook: Some((target.url.clone(), true)),
             attempts: 0,
+            rate_limit: target.rate_limit,
             attempt_base: 0,
             kind: DeliveryKind::Event,
         })

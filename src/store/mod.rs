@@ -175,6 +175,8 @@ pub struct Webhook {
     pub disabled: Option<Disabled>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// Most requests per second to it, across all workers; `None` for no limit.
+    pub rate_limit: Option<u32>,
 }
 
 /// Why and when hookline disabled a webhook.
@@ -193,6 +195,8 @@ pub struct WebhookPatch {
     pub event: Option<EventName>,
     pub target_url: Option<TargetUrl>,
     pub is_active: Option<bool>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,7 +309,7 @@ pub struct Receipt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
     /// Created, with the target of each of `receipt.deliveries`, in order.
-    Created { receipt: Receipt, targets: Vec<TargetUrl> },
+    Created { receipt: Receipt, targets: Vec<Target> },
     /// The key was seen within 24 h for the same request: the first answer.
     Replayed(Receipt),
     /// The key was seen within 24 h for a different request.
@@ -328,6 +332,24 @@ pub struct DeliveryLog {
     pub last_error: Option<String>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+}
+
+/// Where a new delivery goes: its webhook's URL and rate limit when it was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub url: TargetUrl,
+    pub rate_limit: Option<u32>,
+}
+
+/// What a manual retry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// Pending and due now.
+    Due(DeliveryLog),
+    /// In flight or already due: nothing changed.
+    Busy,
+    /// No such delivery in this project.
+    NotFound,
 }
 
 /// One attempt of a delivery, as kept in `delivery_attempts`.
@@ -394,6 +416,8 @@ pub struct Claimed {
     pub webhook_id: WebhookId,
     /// The webhook's current URL and state; `None` when it was deleted.
     pub webhook: Option<(TargetUrl, bool)>,
+    /// The webhook's current rate limit (requests per second).
+    pub rate_limit: Option<u32>,
     /// Attempts already recorded; the next one is numbered `attempts + 1`.
     pub attempts: u32,
     /// Attempts made before the current budget began (a replay starts a
@@ -573,14 +597,15 @@ pub trait Backend: Send + Sync {
         project: ProjectId,
         id: DeliveryId,
     ) -> impl Future<Output = Result<Option<(DeliveryLog, Vec<Attempt>)>>> + Send;
-    /// Makes a delivery pending and due now, whatever its state. A lease held
-    /// by a worker is cancelled: that worker's result will not be recorded.
+    /// Makes a delivery due now (SPEC §8): one that waits for a later attempt,
+    /// `sent` or `failed`. One that is in flight (under an unexpired lease) or
+    /// already due is left as it is: a retry never adds a request to those.
     fn retry_delivery(
         &self,
         project: ProjectId,
         id: DeliveryId,
         now: UnixMs,
-    ) -> impl Future<Output = Result<Option<DeliveryLog>>> + Send;
+    ) -> impl Future<Output = Result<Retried>> + Send;
 
     /// Reads, in one snapshot, how many deliveries `filter` matches, and
     /// those of them that are not pending. `filter.since` is required.
@@ -626,6 +651,16 @@ pub trait Backend: Send + Sync {
     /// past their overlap. Returns the number of events deleted.
     fn prune(&self, before: UnixMs, now: UnixMs, batch: u32) -> impl Future<Output = Result<u64>> + Send;
     fn queue_stats(&self, now: UnixMs) -> impl Future<Output = Result<QueueStats>> + Send;
+    /// Reserves `count` request slots of a rate-limited webhook, `interval_us`
+    /// apart, none before `now_us` nor before the slots already handed out (to
+    /// any process). Returns the first; the others follow at the interval.
+    fn take_rate_slots(
+        &self,
+        webhook: WebhookId,
+        now_us: i64,
+        count: u32,
+        interval_us: i64,
+    ) -> impl Future<Output = Result<i64>> + Send;
 }
 
 /// The configured backend.
@@ -738,7 +773,7 @@ impl Backend for Store {
     async fn get_log(&self, project: ProjectId, id: DeliveryId) -> Result<Option<(DeliveryLog, Vec<Attempt>)>> {
         dispatch!(self, s => s.get_log(project, id).await)
     }
-    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         dispatch!(self, s => s.retry_delivery(project, id, now).await)
     }
     async fn replay_snapshot(&self, project: ProjectId, filter: LogFilter) -> Result<ReplaySnapshot> {
@@ -766,6 +801,9 @@ impl Backend for Store {
     }
     async fn prune(&self, before: UnixMs, now: UnixMs, batch: u32) -> Result<u64> {
         dispatch!(self, s => s.prune(before, now, batch).await)
+    }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        dispatch!(self, s => s.take_rate_slots(webhook, now_us, count, interval_us).await)
     }
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         dispatch!(self, s => s.queue_stats(now).await)

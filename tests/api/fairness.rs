@@ -166,4 +166,111 @@ backend_tests! {
             assert!(r.max_concurrent() <= 4, "a hanging target held {} requests", r.max_concurrent());
         }
     }
+
+    async fn a_manual_retry_of_a_delivery_in_flight_is_a_409_and_sends_nothing(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        receiver.script([Reply::status(200).after(Duration::from_millis(500))]);
+        app.add_webhook("order.paid", &receiver.url("/hook")).await;
+        let id = send_many(&app, 1).await.remove(0);
+        receiver.wait_for(1).await;
+
+        let r = app.post(&format!("/v1/webhook-logs/{id}/retry"), &json!({})).send().await.unwrap();
+        let problem = assert_problem(r, 409).await;
+        assert!(problem["detail"].as_str().unwrap().contains("in flight"), "{problem}");
+        let log = app.wait_for_status(&id, "sent").await;
+        assert_eq!(log["attempts"], 1);
+        assert_eq!(receiver.received().len(), 1);
+    }
+
+    async fn hammering_retry_sends_one_request_and_every_request_is_an_attempt(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        app.add_webhook("order.paid", &receiver.url("/hook")).await;
+        let id = send_many(&app, 1).await.remove(0);
+        app.wait_for_status(&id, "sent").await;
+
+        // 50 retries at once: the first makes it due, the others find it due or in flight.
+        let path = format!("/v1/webhook-logs/{id}/retry");
+        let answers = futures_util::future::join_all((0..50).map(|_| app.post(&path, &json!({})).send())).await;
+        let statuses: Vec<u16> = answers.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+        assert_eq!(statuses.iter().filter(|&&s| s == 202).count(), 1, "{statuses:?}");
+        assert!(statuses.iter().all(|&s| s == 202 || s == 409), "{statuses:?}");
+
+        let log = eventually("the retry is sent", || async {
+            let log = app.log(&id).await;
+            (log["status"] == "sent" && log["attempts"] == 2).then_some(log)
+        })
+        .await;
+        assert_eq!(log["attempt_history"].as_array().unwrap().len(), 2);
+        assert_eq!(receiver.received().len(), 2, "the receiver got exactly what the log counts");
+    }
+
+    async fn a_webhook_rate_limit_is_shown_changed_and_validated(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        let r = app
+            .post("/v1/webhooks", &json!({"event": "order.paid", "target_url": receiver.url("/h"), "rate_limit": 20}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let hook: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(hook["rate_limit"], 20);
+        let path = format!("/v1/webhooks/{}", hook["id"].as_str().unwrap());
+        let patch = |body: serde_json::Value| app.http.patch(app.url(&path)).bearer_auth(&app.project.api_key).json(&body);
+
+        let kept: serde_json::Value = patch(json!({"is_active": true})).send().await.unwrap().json().await.unwrap();
+        assert_eq!(kept["rate_limit"], 20, "absent: unchanged");
+        let removed: serde_json::Value = patch(json!({"rate_limit": null})).send().await.unwrap().json().await.unwrap();
+        assert_eq!(removed["rate_limit"], serde_json::Value::Null, "null: no limit");
+        for bad in [json!(0), json!(-1), json!("5"), json!(1.5)] {
+            let problem = assert_problem(patch(json!({"rate_limit": bad})).send().await.unwrap(), 422).await;
+            assert!(problem_fields(&problem).contains(&"rate_limit".to_owned()), "{bad}: {problem}");
+        }
+        let plain = app.add_webhook("order.paid", &receiver.url("/other")).await;
+        assert_eq!(app.get_json(&format!("/v1/webhooks/{plain}")).await["rate_limit"], serde_json::Value::Null);
+    }
+
+    async fn a_rate_limited_webhook_gets_at_most_its_limit_per_second_and_loses_nothing(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        let r = app
+            .post("/v1/webhooks", &json!({"event": "order.paid", "target_url": receiver.url("/limited"), "rate_limit": 10}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        // On PostgreSQL a second node sends too: the limit is shared through the database.
+        let peer = if backend.is_postgres() { Some(app.spawn_peer(&[]).await) } else { None };
+        let ids = send_many(&app, 20).await;
+        if let Some(peer) = &peer {
+            for i in 0..15 {
+                let r = app
+                    .http
+                    .post(peer.url("/v1/events"))
+                    .bearer_auth(&app.project.api_key)
+                    .json(&json!({"event_name": "order.paid", "data": {"order_id": format!("peer{i}")}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+            }
+        }
+        let total = ids.len() + if peer.is_some() { 15 } else { 0 };
+        let got = receiver.wait_for(total).await;
+        for id in &ids {
+            assert_eq!(app.wait_for_status(id, "sent").await["attempts"], 1, "held back, never failed");
+        }
+        let mut at: Vec<_> = got.iter().map(|r| r.at).collect();
+        at.sort();
+        // No one-second window sees more than the limit (10 % tolerance).
+        for (i, start) in at.iter().enumerate() {
+            let in_window = at[i..].iter().take_while(|t| t.duration_since(*start) < Duration::from_secs(1)).count();
+            assert!(in_window <= 11, "{in_window} requests within one second");
+        }
+        if let Some(peer) = peer {
+            peer.stop().await;
+        }
+    }
 }

@@ -10,7 +10,7 @@ use hookline::domain::{
 };
 use hookline::store::{
     Attempt, Backend as _, Completion, ConstraintKind, DeliveryStatus, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested,
-    NewApiKey, NewEvent, NextState, Project, QueueStats, Receipt, Store, StoreError, Webhook,
+    NewApiKey, NewEvent, NextState, Project, QueueStats, Receipt, Retried, Store, StoreError, Webhook,
 };
 
 use crate::backend_tests;
@@ -63,6 +63,7 @@ fn webhook(id: WebhookId, project: &ProjectId, event: &str) -> Webhook {
         disabled: None,
         created_at: T - DAY * 30,
         updated_at: T - DAY * 30,
+        rate_limit: None,
     }
 }
 
@@ -400,20 +401,35 @@ backend_tests! {
         assert_eq!(unique, all);
     }
 
-    async fn a_manual_retry_cancels_the_lease(backend) {
+    async fn a_manual_retry_leaves_a_delivery_in_flight_or_due_and_makes_a_waiting_one_due(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
-        let held = f.store.claim(T, T + MINUTE, 10).await.unwrap().remove(0);
+        let retry = |at| f.store.retry_delivery(f.project.clone(), id.clone(), at);
 
-        let log = f.store.retry_delivery(f.project.clone(), id.clone(), T + 5).await.unwrap().unwrap();
-        assert_eq!((log.status.as_str(), log.next_attempt_at), ("pending", Some(T + 5)));
-        assert_eq!(f.store.complete(vec![sent(&held, T + 6)], T + 6, POLICY).await.unwrap().applied, 0, "the old lease is void");
-        let again = f.store.claim(T + 5, T + MINUTE, 10).await.unwrap();
+        // Due (not claimed yet): nothing changes.
+        assert_eq!(retry(T + 1).await.unwrap(), Retried::Busy);
+        // In flight: the lease stands and the worker's result is recorded.
+        let held = f.store.claim(T + 1, T + MINUTE, 10).await.unwrap().remove(0);
+        assert_eq!(retry(T + 2).await.unwrap(), Retried::Busy);
+        let waiting = Completion { next: NextState::RetryAt(T + MINUTE * 5), ..sent(&held, T + 3) };
+        assert_eq!(f.store.complete(vec![waiting], T + 3, POLICY).await.unwrap().applied, 1, "the lease was not cancelled");
+
+        // Waiting for a later attempt: due now.
+        let Retried::Due(log) = retry(T + 4).await.unwrap() else { panic!("a waiting delivery is made due") };
+        assert_eq!((log.status.as_str(), log.next_attempt_at), ("pending", Some(T + 4)));
+        let again = f.store.claim(T + 4, T + MINUTE, 10).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, id);
+        // Sent: due again.
+        assert_eq!(f.store.complete(vec![sent(&again[0], T + 5)], T + 5, POLICY).await.unwrap().applied, 1);
+        assert!(matches!(retry(T + 6).await.unwrap(), Retried::Due(_)));
 
         let other = new_project(&f.store).await;
-        assert!(f.store.retry_delivery(other, id, T + 7).await.unwrap().is_none(), "another project's delivery is not found");
+        assert_eq!(
+            f.store.retry_delivery(other, id.clone(), T + 7).await.unwrap(),
+            Retried::NotFound,
+            "another project's delivery is not found"
+        );
     }
 
     async fn a_released_delivery_is_due_again_only_with_its_current_lease(backend) {
@@ -476,7 +492,7 @@ backend_tests! {
         let old_pending = delivery_at(&f, T - 10 * DAY + 1).await;
         let claimed = f.store.claim(T - 10 * DAY, T - 10 * DAY + MINUTE, 1).await.unwrap();
         assert_eq!(claimed[0].id, old_sent);
-        f.store.complete(vec![sent(&claimed[0], T - 10 * DAY)], T - 10 * DAY, POLICY).await.unwrap().applied;
+        f.store.complete(vec![sent(&claimed[0], T - 10 * DAY)], T - 10 * DAY, POLICY).await.unwrap();
         let recent = delivery_at(&f, T - MINUTE).await;
         // No webhook listens to order.created: an event with no deliveries is finished.
         let old_quiet = ingest_created(&f.store, event(&f.project, "order.created", T - 9 * DAY)).await;
@@ -506,9 +522,8 @@ backend_tests! {
         let first = f.store.claim(T + 2, T + 2 + MINUTE, 2).await.unwrap();
         let first_a = first.iter().find(|c| c.id == a).unwrap();
         let first_b = first.iter().find(|c| c.id == b).unwrap();
-        // A manual retry cancels the lease; the delivery is claimed again while the first send is in flight.
-        f.store.retry_delivery(f.project.clone(), a.clone(), T + 3).await.unwrap();
-        let again = f.store.claim(T + 4, T + 4 + MINUTE, 1).await.unwrap();
+        // The first lease runs out while its send is still in flight, and the delivery is claimed again.
+        let again = f.store.claim(T + 3 + MINUTE, T + 4 + 2 * MINUTE, 1).await.unwrap();
         assert_eq!(again[0].id, a);
 
         let batch = vec![sent(first_a, T + 5), sent(&again[0], T + 5), sent(first_b, T + 5)];
@@ -560,7 +575,7 @@ backend_tests! {
         let stats = f.store.queue_stats(T).await.unwrap();
         assert_eq!((stats.pending, stats.due, stats.leased), (4, 1, 2));
 
-        f.store.complete(vec![sent(&claimed[0], T + 1)], T + 1, POLICY).await.unwrap().applied;
+        f.store.complete(vec![sent(&claimed[0], T + 1)], T + 1, POLICY).await.unwrap();
         let stats = f.store.queue_stats(T + 1).await.unwrap();
         assert_eq!((stats.pending, stats.due, stats.leased), (3, 1, 1));
     }

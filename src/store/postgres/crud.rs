@@ -137,7 +137,7 @@ pub(super) async fn create_webhook(pool: &PgPool, w: Webhook) -> Result<()> {
     sqlx::query(concat!(
         "INSERT INTO project_webhooks (",
         webhook_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
     ))
     .bind(w.id.as_str())
     .bind(w.project_id.as_str())
@@ -146,6 +146,7 @@ pub(super) async fn create_webhook(pool: &PgPool, w: Webhook) -> Result<()> {
     .bind(w.is_active)
     .bind(w.created_at)
     .bind(w.updated_at)
+    .bind(w.rate_limit.map(|n| n as i32))
     .bind(w.disabled.as_ref().map(|d| d.reason.as_str()))
     .bind(w.disabled.as_ref().map(|d| d.at))
     .execute(pool)
@@ -192,6 +193,7 @@ pub(super) async fn update_webhook(
         // goes, and a streak of failures starts afresh.
         "UPDATE project_webhooks SET event = COALESCE($1, event), target_url = COALESCE($2, target_url), \
          is_active = COALESCE($3, is_active), updated_at = $4, \
+         rate_limit = CASE WHEN $7 THEN $8 ELSE rate_limit END, \
          disabled_reason = CASE WHEN $3 THEN NULL ELSE disabled_reason END, \
          disabled_at = CASE WHEN $3 THEN NULL ELSE disabled_at END, \
          failing_since = CASE WHEN $3 AND NOT is_active THEN NULL ELSE failing_since END \
@@ -204,6 +206,8 @@ pub(super) async fn update_webhook(
     .bind(now)
     .bind(id.as_str())
     .bind(project.as_str())
+    .bind(patch.rate_limit.is_some())
+    .bind(patch.rate_limit.flatten().map(|n| n as i32))
     .fetch_optional(pool)
     .await
     .map_err(db_err)?;

@@ -191,7 +191,7 @@ impl Backend for PgStore {
         crud::get_log(&self.pool, project, id).await
     }
 
-    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         queue::retry_delivery(&self.pool, &self.announce, project, id, now).await
     }
 
@@ -230,5 +230,8 @@ impl Backend for PgStore {
 
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         queue::queue_stats(&self.pool, now).await
+    }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        queue::take_rate_slots(&self.pool, &webhook, now_us, count, interval_us).await
     }
 }

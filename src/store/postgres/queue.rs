@@ -18,8 +18,8 @@ use super::rows::{kind_from_sql, log_columns, log_from_row, row};
 use super::{db_err, lifecycle};
 use crate::domain::{DeliveryId, DisablePolicy, EventData, EventId, ProjectId, TargetUrl, UnixMs, WebhookId};
 use crate::store::{
-    Claimed, Completed, Completion, DeliveryLog, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested,
-    LeaseToken, NewEvent, QueueStats, Receipt, Result, StoreError,
+    Claimed, Completed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken,
+    NewEvent, QueueStats, Receipt, Result, Retried, StoreError, Target,
 };
 
 /// Writes events (none with an idempotency key) and their deliveries in one
@@ -32,7 +32,7 @@ pub(super) async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Re
     let (projects, names): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
     let mut tx = pool.begin().await?;
     let hooks = sqlx::query(
-        "SELECT w.project_id, w.event, w.id, w.target_url FROM project_webhooks w \
+        "SELECT w.project_id, w.event, w.id, w.target_url, w.rate_limit FROM project_webhooks w \
          JOIN UNNEST($1::text[], $2::text[]) AS k (project_id, event) \
          ON w.project_id = k.project_id AND w.event = k.event WHERE w.is_active ORDER BY w.id",
     )
@@ -40,9 +40,10 @@ pub(super) async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Re
     .bind(&names)
     .fetch_all(&mut *tx)
     .await?;
-    let mut by_pair: std::collections::HashMap<(String, String), Vec<(String, TargetUrl)>> = Default::default();
+    let mut by_pair: std::collections::HashMap<(String, String), Vec<(String, Target)>> = Default::default();
     for r in &hooks {
-        by_pair.entry((r.try_get(0)?, r.try_get(1)?)).or_default().push((r.try_get(2)?, r.try_get(3)?));
+        let target = Target { url: r.try_get(3)?, rate_limit: r.try_get::<Option<i32>, _>(4)?.map(|n| n as u32) };
+        by_pair.entry((r.try_get(0)?, r.try_get(1)?)).or_default().push((r.try_get(2)?, target));
     }
     let mut deliveries_of = Vec::with_capacity(events.len());
     let mut d = DeliveryColumns::default();
@@ -51,7 +52,7 @@ pub(super) async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Re
         let mut mine = Vec::new();
         for (webhook_id, target_url) in by_pair.get(&key).map(Vec::as_slice).unwrap_or_default() {
             let id = DeliveryId::generate_at(e.created_at);
-            d.push(&id, e, webhook_id, target_url);
+            d.push(&id, e, webhook_id, &target_url.url);
             mine.push((id, webhook_id.clone(), target_url.clone()));
         }
         deliveries_of.push(mine);
@@ -120,7 +121,7 @@ impl DeliveryColumns {
 
 /// What ingest answers for a created event: its receipt, and the target of
 /// each delivery.
-fn created(e: &NewEvent, deliveries: Vec<(DeliveryId, String, TargetUrl)>) -> Ingested {
+fn created(e: &NewEvent, deliveries: Vec<(DeliveryId, String, Target)>) -> Ingested {
     let mut summaries = Vec::with_capacity(deliveries.len());
     let mut targets = Vec::with_capacity(deliveries.len());
     for (id, webhook, target_url) in deliveries {
@@ -178,12 +179,12 @@ const INGEST_WITH_KEY: &str = concat!(
 async fn try_ingest(
     pool: &PgPool,
     e: &NewEvent,
-    deliveries: &[(DeliveryId, String, TargetUrl)],
+    deliveries: &[(DeliveryId, String, Target)],
     stale_event: Option<&str>,
 ) -> Result<bool> {
     let ids: Vec<&str> = deliveries.iter().map(|d| d.0.as_str()).collect();
     let hooks: Vec<&str> = deliveries.iter().map(|d| d.1.as_str()).collect();
-    let urls: Vec<&str> = deliveries.iter().map(|d| d.2.as_str()).collect();
+    let urls: Vec<&str> = deliveries.iter().map(|d| d.2.url.as_str()).collect();
     let idem = e.idempotency.as_ref().expect("only keyed ingests take this path; the others are batched");
     let created = sqlx::query_scalar::<_, i64>(INGEST_WITH_KEY)
         .bind(e.id.as_str())
@@ -210,7 +211,8 @@ async fn try_ingest(
 /// decides whether anything is created at all.
 pub(super) async fn ingest_keyed(pool: &PgPool, announce: &Announcer, e: NewEvent) -> Result<Ingested> {
     let hooks = sqlx::query(
-        "SELECT id, target_url FROM project_webhooks WHERE project_id = $1 AND event = $2 AND is_active ORDER BY id",
+        "SELECT id, target_url, rate_limit FROM project_webhooks \
+         WHERE project_id = $1 AND event = $2 AND is_active ORDER BY id",
     )
     .bind(e.project_id.as_str())
     .bind(e.name.as_str())
@@ -219,8 +221,11 @@ pub(super) async fn ingest_keyed(pool: &PgPool, announce: &Announcer, e: NewEven
     .map_err(db_err)?;
     let deliveries = hooks
         .iter()
-        .map(|r| Ok((DeliveryId::generate_at(e.created_at), r.try_get(0)?, r.try_get(1)?)))
-        .collect::<sqlx::Result<Vec<(DeliveryId, String, TargetUrl)>>>()
+        .map(|r| {
+            let target = Target { url: r.try_get(1)?, rate_limit: r.try_get::<Option<i32>, _>(2)?.map(|n| n as u32) };
+            Ok((DeliveryId::generate_at(e.created_at), r.try_get(0)?, target))
+        })
+        .collect::<sqlx::Result<Vec<(DeliveryId, String, Target)>>>()
         .map_err(db_err)?;
 
     // Usually one round: created. Otherwise the key is taken, by a retry
@@ -298,10 +303,12 @@ pub(super) async fn retry_delivery(
     project: ProjectId,
     id: DeliveryId,
     now: UnixMs,
-) -> Result<Option<DeliveryLog>> {
+) -> Result<Retried> {
+    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
     let found = sqlx::query(concat!(
         "UPDATE webhook_logs SET status = 'pending', next_attempt_at = $1, lease_token = NULL, updated_at = $1 \
-         WHERE id = $2 AND project_id = $3 RETURNING ",
+         WHERE id = $2 AND project_id = $3 \
+         AND NOT (status = 'pending' AND (next_attempt_at <= $1 OR lease_token IS NOT NULL)) RETURNING ",
         log_columns!()
     ))
     .bind(now)
@@ -310,11 +317,17 @@ pub(super) async fn retry_delivery(
     .fetch_optional(pool)
     .await
     .map_err(db_err)?;
-    let log = row(found, log_from_row)?;
-    if log.is_some() {
+    if let Some(log) = row(found, log_from_row)? {
         announce.announce();
+        return Ok(Retried::Due(log));
     }
-    Ok(log)
+    let exists = sqlx::query("SELECT 1 FROM webhook_logs WHERE id = $1 AND project_id = $2")
+        .bind(id.as_str())
+        .bind(project.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+    Ok(if exists.is_some() { Retried::Busy } else { Retried::NotFound })
 }
 
 /// Leases due deliveries in one statement and returns what sending them needs.
@@ -332,7 +345,7 @@ const CLAIM: &str = "WITH due AS MATERIALIZED (
          RETURNING l.id, l.project_id, l.event_id, l.webhook_id, l.attempts, l.attempt_base, l.kind
      )
      SELECT c.id, c.project_id, c.event_id, e.event_name, e.created_at, e.data, c.webhook_id,
-            w.target_url, w.is_active, c.attempts, c.attempt_base, c.kind
+            w.target_url, w.is_active, c.attempts, w.rate_limit, c.attempt_base, c.kind
      FROM leased c JOIN events e ON e.id = c.event_id LEFT JOIN project_webhooks w ON w.id = c.webhook_id";
 
 pub(super) async fn claim(pool: &PgPool, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
@@ -362,8 +375,9 @@ pub(super) async fn claim(pool: &PgPool, now: UnixMs, lease_until: UnixMs, limit
                 webhook_id: WebhookId::from_trusted(r.try_get(6)?),
                 webhook: url.zip(active),
                 attempts: r.try_get::<i32, _>(9)? as u32,
-                attempt_base: r.try_get::<i32, _>(10)? as u32,
-                kind: kind_from_sql(r.try_get(11)?)?,
+                rate_limit: r.try_get::<Option<i32>, _>(10)?.map(|n| n as u32),
+                attempt_base: r.try_get::<i32, _>(11)? as u32,
+                kind: kind_from_sql(r.try_get(12)?)?,
             })
         })
         .collect::<sqlx::Result<_>>()
@@ -596,4 +610,29 @@ pub(super) async fn queue_stats(pool: &PgPool, now: UnixMs) -> Result<QueueStats
         leased: count(2)?,
         oldest_pending_created_at: r.try_get(3).map_err(db_err)?,
     })
+}
+
+/// Reserves `count` request slots of a rate-limited webhook (see
+/// `Backend::take_rate_slots`); returns the first. One statement: the row
+/// lock orders concurrent takers on every node.
+pub(super) async fn take_rate_slots(
+    pool: &PgPool,
+    webhook: &WebhookId,
+    now_us: i64,
+    count: u32,
+    interval_us: i64,
+) -> Result<i64> {
+    let span = i64::from(count) * interval_us;
+    let end: i64 = sqlx::query_scalar(
+        "INSERT INTO webhook_rate_slots (webhook_id, next_slot_us) VALUES ($1, $2 + $3) \
+         ON CONFLICT (webhook_id) DO UPDATE SET next_slot_us = GREATEST(webhook_rate_slots.next_slot_us, $2) + $3 \
+         RETURNING next_slot_us",
+    )
+    .bind(webhook.as_str())
+    .bind(now_us)
+    .bind(span)
+    .fetch_one(pool)
+    .await
+    .map_err(db_err)?;
+    Ok(end - span)
 }

@@ -19,7 +19,8 @@ use crate::store::{
 // Column lists as macros, so statements stay `&'static str` (`concat!`).
 macro_rules! webhook_columns {
     () => {
-        "id, project_id, event, target_url, is_active, created_at, updated_at, disabled_reason, disabled_at"
+        "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit, disabled_reason, \
+         disabled_at"
     };
 }
 macro_rules! event_columns {
@@ -86,10 +87,11 @@ pub(super) fn webhook_from_row(r: &PgRow) -> sqlx::Result<Webhook> {
         is_active: r.try_get(4)?,
         created_at: r.try_get(5)?,
         updated_at: r.try_get(6)?,
+        rate_limit: r.try_get::<Option<i32>, _>(7)?.map(|n| n as u32),
         // Set and cleared together (a CHECK of the schema).
         disabled: r
-            .try_get::<Option<String>, _>(7)?
-            .zip(r.try_get::<Option<i64>, _>(8)?)
+            .try_get::<Option<String>, _>(8)?
+            .zip(r.try_get::<Option<i64>, _>(9)?)
             .map(|(reason, at)| Disabled { reason, at }),
     })
 }

@@ -127,7 +127,7 @@ pub(super) fn rotate_secret(
 
 pub(super) fn create_webhook(conn: &Connection, w: &Webhook) -> Result<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -138,6 +138,7 @@ pub(super) fn create_webhook(conn: &Connection, w: &Webhook) -> Result<()> {
             w.is_active,
             w.created_at,
             w.updated_at,
+            w.rate_limit,
             w.disabled.as_ref().map(|d| d.reason.as_str()),
             w.disabled.as_ref().map(|d| d.at)
         ])
@@ -178,6 +179,7 @@ pub(super) fn update_webhook(
             // webhook goes, and a streak of failures starts afresh.
             "UPDATE project_webhooks SET event = COALESCE(?1, event), target_url = COALESCE(?2, target_url), \
              is_active = COALESCE(?3, is_active), updated_at = ?4, \
+             rate_limit = CASE WHEN ?7 THEN ?8 ELSE rate_limit END, \
              disabled_reason = CASE WHEN ?3 = 1 THEN NULL ELSE disabled_reason END, \
              disabled_at = CASE WHEN ?3 = 1 THEN NULL ELSE disabled_at END, \
              failing_since = CASE WHEN ?3 = 1 AND is_active = 0 THEN NULL ELSE failing_since END \
@@ -190,7 +192,9 @@ pub(super) fn update_webhook(
                 patch.is_active,
                 now,
                 id.as_str(),
-                project.as_str()
+                project.as_str(),
+                patch.rate_limit.is_some(),
+                patch.rate_limit.flatten()
             ])
         })
         .map_err(db_err)?;

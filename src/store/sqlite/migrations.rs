@@ -16,6 +16,7 @@ use crate::store::{Result, StoreError};
 /// Numbered migrations, in order; `PRAGMA user_version` records how many are applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/sqlite/0002_rate_limit.sql"),
     include_str!("../../../migrations/sqlite/0003_lifecycle.sql"),
 ];
 

@@ -263,7 +263,7 @@ impl Backend for SqliteStore {
         self.read(move |conn| crud::get_log(conn, &project, &id)).await
     }
 
-    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         self.write(move |conn| queue::retry_delivery(conn, &project, &id, now)).await
     }
 
@@ -304,5 +304,8 @@ impl Backend for SqliteStore {
 
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         self.read(move |conn| queue::queue_stats(conn, now)).await
+    }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        self.write(move |conn| queue::take_rate_slots(conn, &webhook, now_us, count, interval_us)).await
     }
 }

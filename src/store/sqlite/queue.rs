@@ -16,8 +16,8 @@ use crate::domain::{
     DeliveryId, DisablePolicy, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId,
 };
 use crate::store::{
-    Claimed, Completed, Completion, DeliveryLog, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested,
-    LeaseToken, NewEvent, QueueStats, Receipt, Result,
+    Claimed, Completed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken,
+    NewEvent, QueueStats, Receipt, Result, Retried, Target,
 };
 
 /// The answer ingest gave for this event: its deliveries, all pending as they
@@ -78,10 +78,11 @@ pub(super) fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<
     .execute(params![e.id.as_str(), e.project_id.as_str(), e.name.as_str(), e.data.as_json(), e.created_at])?;
     let hooks = conn
         .prepare_cached(
-            "SELECT id, target_url FROM project_webhooks WHERE project_id = ?1 AND event = ?2 AND is_active = 1 ORDER BY id",
+            "SELECT id, target_url, rate_limit FROM project_webhooks \
+             WHERE project_id = ?1 AND event = ?2 AND is_active = 1 ORDER BY id",
         )?
         .query_map(params![e.project_id.as_str(), e.name.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, TargetUrl>(1)?))
+            Ok((r.get::<_, String>(0)?, Target { url: r.get(1)?, rate_limit: r.get(2)? }))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut deliveries = Vec::with_capacity(hooks.len());
@@ -93,7 +94,7 @@ pub(super) fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<
     )?;
     // Leased deliveries are due when their lease runs out, as if claimed.
     let due_at = e.lease.map_or(e.created_at, |l| l.until);
-    for (webhook_id, target_url) in hooks {
+    for (webhook_id, target) in hooks {
         // Its time part is its created_at: a time range of deliveries is an id range.
         let id = DeliveryId::generate_at(e.created_at);
         insert.execute(params![
@@ -102,13 +103,13 @@ pub(super) fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<
             e.name.as_str(),
             e.id.as_str(),
             webhook_id,
-            &target_url,
+            &target.url,
             due_at,
             e.lease.map(|l| l.token),
             e.created_at
         ])?;
         let webhook_id = WebhookId::from_trusted(webhook_id);
-        targets.push(target_url);
+        targets.push(target);
         deliveries.push(DeliverySummary { id, webhook_id, status: DeliveryStatus::Pending });
     }
     if let Some(idem) = &e.idempotency {
@@ -121,19 +122,21 @@ pub(super) fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<
     Ok(Ingested::Created { receipt, targets })
 }
 
-pub(super) fn retry_delivery(
-    conn: &Connection,
-    project: &ProjectId,
-    id: &DeliveryId,
-    now: UnixMs,
-) -> Result<Option<DeliveryLog>> {
-    conn.prepare_cached(
-        "UPDATE webhook_logs SET status = 'pending', next_attempt_at = ?1, lease_token = NULL, updated_at = ?1 \
-         WHERE id = ?2 AND project_id = ?3",
-    )
-    .and_then(|mut s| s.execute(params![now, id.as_str(), project.as_str()]))
-    .and_then(|_| get_log_row(conn, project, id))
-    .map_err(db_err)
+pub(super) fn retry_delivery(conn: &Connection, project: &ProjectId, id: &DeliveryId, now: UnixMs) -> Result<Retried> {
+    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
+    let changed = conn
+        .prepare_cached(
+            "UPDATE webhook_logs SET status = 'pending', next_attempt_at = ?1, lease_token = NULL, updated_at = ?1 \
+             WHERE id = ?2 AND project_id = ?3 \
+             AND NOT (status = 'pending' AND (next_attempt_at <= ?1 OR lease_token IS NOT NULL))",
+        )
+        .and_then(|mut s| s.execute(params![now, id.as_str(), project.as_str()]))
+        .map_err(db_err)?;
+    Ok(match get_log_row(conn, project, id).map_err(db_err)? {
+        Some(log) if changed > 0 => Retried::Due(log),
+        Some(_) => Retried::Busy,
+        None => Retried::NotFound,
+    })
 }
 
 /// Leases up to `limit` due deliveries to `lease` until `lease_until`.
@@ -155,7 +158,7 @@ pub(super) fn claim(
     let mut details = conn
         .prepare_cached(
             "SELECT l.project_id, l.event_id, e.event_name, e.created_at, e.data, l.webhook_id, \
-             w.target_url, w.is_active, l.attempts, l.attempt_base, l.kind \
+             w.target_url, w.is_active, l.attempts, w.rate_limit, l.attempt_base, l.kind \
              FROM webhook_logs l JOIN events e ON e.id = l.event_id \
              LEFT JOIN project_webhooks w ON w.id = l.webhook_id WHERE l.id = ?1",
         )
@@ -178,8 +181,9 @@ pub(super) fn claim(
                     webhook_id: WebhookId::from_trusted(r.get(5)?),
                     webhook: url.zip(active),
                     attempts: r.get(8)?,
-                    attempt_base: r.get(9)?,
-                    kind: kind_from_sql(r.get(10)?)?,
+                    rate_limit: r.get(9)?,
+                    attempt_base: r.get(10)?,
+                    kind: kind_from_sql(r.get(11)?)?,
                 })
             })
             .map_err(db_err)?;
@@ -301,4 +305,25 @@ pub(super) fn queue_stats(conn: &Connection, now: UnixMs) -> Result<QueueStats> 
         })
     })
     .map_err(db_err)
+}
+
+/// Reserves `count` request slots of a rate-limited webhook (see
+/// `Backend::take_rate_slots`); returns the first.
+pub(super) fn take_rate_slots(
+    conn: &Connection,
+    webhook: &WebhookId,
+    now_us: i64,
+    count: u32,
+    interval_us: i64,
+) -> Result<i64> {
+    let span = i64::from(count) * interval_us;
+    let end: i64 = conn
+        .prepare_cached(
+            "INSERT INTO webhook_rate_slots (webhook_id, next_slot_us) VALUES (?1, ?2 + ?3) \
+             ON CONFLICT (webhook_id) DO UPDATE SET next_slot_us = MAX(next_slot_us, ?2) + ?3 \
+             RETURNING next_slot_us",
+        )
+        .and_then(|mut s| s.query_row(params![webhook.as_str(), now_us, span], |r| r.get(0)))
+        .map_err(db_err)?;
+    Ok(end - span)
 }

@@ -48,11 +48,12 @@ pub(super) fn webhook_from_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
         is_active: r.get(4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
-        disabled: disabled_from_sql(r.get(7)?, r.get(8)?),
+        rate_limit: r.get(7)?,
+        disabled: disabled_from_sql(r.get(8)?, r.get(9)?),
     })
 }
 pub(super) const WEBHOOK_COLUMNS: &str =
-    "id, project_id, event, target_url, is_active, created_at, updated_at, disabled_reason, disabled_at";
+    "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit, disabled_reason, disabled_at";
 
 /// `disabled_reason, disabled_at`, which the schema sets and clears together.
 fn disabled_from_sql(reason: Option<String>, at: Option<i64>) -> Option<Disabled> {

@@ -208,6 +208,7 @@ mod tests {
             disabled: None,
             created_at: 1,
             updated_at: 1,
+            rate_limit: None,
         };
         let taken = WebhookId::generate();
         store.create_webhook(webhook(taken.clone())).await.unwrap();
