@@ -205,9 +205,8 @@ async fn drive(api: &Api, admin_token: &str, database: &str) -> anyhow::Result<(
 
     let tested = &hooks[0];
     println!("\n6. Send a test delivery                  POST /v1/webhooks/{{id}}/test");
-    let answer = api
-        .expect(Method::POST, &format!("/v1/webhooks/{tested}/test"), &key, None, StatusCode::ACCEPTED)
-        .await?;
+    let answer =
+        api.expect(Method::POST, &format!("/v1/webhooks/{tested}/test"), &key, None, StatusCode::ACCEPTED).await?;
     let delivery = text(&answer, "delivery_id");
     println!("   202  {delivery}  webhook.test → {tested} only (whatever its event, even when disabled)");
     verified += arrival(&mut arrivals).await?;
@@ -230,9 +229,7 @@ async fn drive(api: &Api, admin_token: &str, database: &str) -> anyhow::Result<(
 
 /// Waits for the receiver's next delivery, prints it, and counts it if both
 /// signatures verified; a delivery that does not verify stops the demo.
-async fn arrival(
-    arrivals: &mut mpsc::UnboundedReceiver<(String, Option<listen::Verdict>)>,
-) -> anyhow::Result<usize> {
+async fn arrival(arrivals: &mut mpsc::UnboundedReceiver<(String, Option<listen::Verdict>)>) -> anyhow::Result<usize> {
     let (text, verdict) = tokio::time::timeout(PATIENCE, arrivals.recv())
         .await
         .context("no delivery arrived in time")?
