@@ -2,9 +2,9 @@
 //!
 //! After the live phase has delivered every event once, it measures ingest
 //! at a steady rate (`--replay-rate`) for a few seconds as a baseline, then
-//! asks `POST /v1/webhook-logs/replay` to send every delivery of the run again
-//! while the same steady ingest goes on, and stops when every replayed
-//! delivery has arrived again. It reports the replay's answer, how long the
+//! asks `POST /v1/webhook-logs/replay` to send every delivery of the live
+//! phase again (`until` the baseline began) while the same steady ingest goes
+//! on, and stops when every replayed delivery has arrived again. It reports the replay's answer, how long the
 //! redelivery took, and ingest latency before and during it.
 //!
 //! Deliveries of the steady ingest are told from replayed ones by their
@@ -55,6 +55,10 @@ pub async fn run(
     first_seq: usize,
 ) -> anyhow::Result<ReplayResult> {
     let next_seq = Arc::new(AtomicUsize::new(first_seq));
+    // The server's clock is this machine's: every live delivery was created before this.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let until = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    tokio::time::sleep(Duration::from_millis(5)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let before = tokio::spawn(steady_ingest(target.clone(), rate, next_seq.clone(), stop.clone()));
@@ -75,7 +79,7 @@ pub async fn run(
         client,
         &format!("{}/v1/webhook-logs/replay", target.base),
         &target.api_key,
-        &json!({"since": "2000-01-01T00:00:00Z"}),
+        &json!({"since": "2000-01-01T00:00:00Z", "until": until}),
     )
     .await
     .context("the replay request")?;

@@ -101,7 +101,7 @@ impl Queue {
         }
         let later = rest.len() as u64;
         if later > 0 {
-            tokio::spawn(self.clone().requeue_in_background(project, rest, requeued));
+            tokio::spawn(self.clone().requeue_in_background(project, rest, requeued, std::time::Instant::now()));
         } else {
             tracing::info!(%project, matched, requeued, "replay finished");
         }
@@ -109,7 +109,13 @@ impl Queue {
     }
 
     /// The batches of a replay after the first, one at a time.
-    async fn requeue_in_background(self, project: ProjectId, rest: Vec<Requeue>, mut requeued: u64) {
+    async fn requeue_in_background(
+        self,
+        project: ProjectId,
+        rest: Vec<Requeue>,
+        mut requeued: u64,
+        started: std::time::Instant,
+    ) {
         let total = rest.len();
         for (i, batch) in rest.chunks(REPLAY_BATCH).enumerate() {
             let mut tries = 0;
@@ -141,7 +147,8 @@ impl Queue {
             // Between batches, whatever waits for the database goes first.
             tokio::task::yield_now().await;
         }
-        tracing::info!(%project, requeued, "replay finished");
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(%project, requeued, seconds, "replay finished");
     }
 
     /// Commits a `webhook.test` event and its one delivery to `webhook`, due
