@@ -334,7 +334,7 @@ fn failed_without_attempt(c: &Claimed, reason: &str) -> TaskEnd {
         id: c.id.clone(),
         lease: c.lease,
         next: NextState::Failed,
-        attempt: None,
+        attempts: Vec::new(),
         target_url: None,
         last_error: Some(reason.to_owned()),
         deactivate_webhook: false,
@@ -351,25 +351,40 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         return (failed_without_attempt(&c, "the webhook is disabled"), Health::Unknown);
     }
 
-    let number = c.attempts + 1;
+    let mut number = c.attempts + 1;
     let started_at = now_ms();
     let clock = std::time::Instant::now();
-    let result = match secrets.as_deref().filter(|s| !s.is_empty()) {
-        None => Err(SendError {
-            class: ErrorClass::Signing,
-            message: "the project's signing secret could not be loaded".to_owned(),
-        }),
+    let (result, resent_after) = match secrets.as_deref().filter(|s| !s.is_empty()) {
+        None => {
+            let message = "the project's signing secret could not be loaded".to_owned();
+            (Err(SendError { class: ErrorClass::Signing, message }), None)
+        }
         Some(secrets) => {
             let body = match envelope::body(&c.event_id, &c.event_name, c.event_created_at, &c.data) {
                 Ok(body) => body,
                 Err(e) => return (failed_without_attempt(&c, &e.to_string()), Health::Unknown),
             };
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
-            let result = shared.client.post(&url, headers, body).await.result;
+            let sent = shared.client.post(&url, headers, body).await;
             ::metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(clock.elapsed().as_secs_f64());
-            result
+            (sent.result, sent.resent_after)
         }
     };
+    // A request written on a kept-alive connection that broke, then sent again
+    // on a new one: the receiver may have seen both, so both are attempts.
+    let mut attempts = Vec::with_capacity(2);
+    if let Some(first) = resent_after {
+        attempts.push(Attempt {
+            number,
+            started_at,
+            duration_ms: 0,
+            response_code: None,
+            error_class: Some(first.class.as_str().to_owned()),
+            error: Some(format!("{}; sent again on a new connection", first.message)),
+            response_body: None,
+        });
+        number += 1;
+    }
     if number > 1 {
         ::metrics::counter!("hookline_retries_total").increment(1);
     }
@@ -421,11 +436,12 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
     if deactivate {
         tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; deactivating the webhook");
     }
+    attempts.push(attempt);
     let done = TaskEnd::Done(Completion {
         id: c.id,
         lease: c.lease,
         next,
-        attempt: Some(attempt),
+        attempts,
         target_url: Some(url),
         last_error,
         deactivate_webhook: deactivate,

@@ -402,9 +402,10 @@ pub struct Completion {
     pub id: DeliveryId,
     pub lease: LeaseToken,
     pub next: NextState,
-    /// The attempt made; `None` when no request was sent (the webhook was
-    /// deleted or disabled in the meantime).
-    pub attempt: Option<Attempt>,
+    /// The attempts made, in order: usually one; two when a request written on
+    /// a kept-alive connection got no answer and was sent again on a new one;
+    /// none when no request was sent (the webhook was deleted or disabled).
+    pub attempts: Vec<Attempt>,
     /// The URL the attempt went to (the webhook's current one), kept in the log.
     pub target_url: Option<TargetUrl>,
     pub last_error: Option<String>,

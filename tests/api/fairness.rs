@@ -273,4 +273,81 @@ backend_tests! {
             peer.stop().await;
         }
     }
+
+    async fn a_request_resent_on_a_new_connection_is_a_second_attempt(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let (url, requests) = receiver_that_drops_the_second_request_on_a_kept_alive_connection().await;
+        app.add_webhook("order.paid", &url).await;
+        let first = send_many(&app, 1).await.remove(0);
+        app.wait_for_status(&first, "sent").await;
+
+        // The second delivery goes on the kept-alive connection, which the
+        // receiver closes after reading the request: hookline sends it again
+        // on a new connection, and both requests are attempts.
+        let second = send_many(&app, 1).await.remove(0);
+        let log = app.wait_for_status(&second, "sent").await;
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3, "requests the receiver read");
+        assert_eq!(log["attempts"], 2, "{log:#}");
+        let history = log["attempt_history"].as_array().unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0]["response_code"], serde_json::Value::Null);
+        assert!(history[0]["error"].as_str().unwrap().contains("sent again on a new connection"), "{log:#}");
+        assert_eq!(history[1]["response_code"], 200);
+    }
+}
+
+/// A raw HTTP/1.1 receiver: on its first connection it answers the first
+/// request (keep-alive) and closes after reading the second without
+/// answering; every later connection is answered normally. Counts requests read.
+async fn receiver_that_drops_the_second_request_on_a_kept_alive_connection()
+-> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        let mut first_connection = true;
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let drop_second = std::mem::replace(&mut first_connection, false);
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut served = 0;
+                loop {
+                    // Read one whole request: head, then Content-Length bytes.
+                    let mut chunk = [0u8; 4096];
+                    let request_end = loop {
+                        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            if buf.len() >= head_end + 4 + length {
+                                break head_end + 4 + length;
+                            }
+                        }
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..request_end);
+                    counted.fetch_add(1, SeqCst);
+                    served += 1;
+                    if drop_second && served == 2 {
+                        return;
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if socket.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, requests)
 }

@@ -110,7 +110,7 @@ fn sent(c: &hookline::store::Claimed, at: i64) -> Completion {
         id: c.id.clone(),
         lease: c.lease,
         next: NextState::Sent,
-        attempt: Some(attempt(c.attempts + 1, at, 200)),
+        attempts: vec![attempt(c.attempts + 1, at, 200)],
         target_url: None,
         last_error: None,
         deactivate_webhook: false,
@@ -194,13 +194,13 @@ backend_tests! {
         assert_eq!(claimed.len(), 3);
         let retry = Completion {
             next: NextState::RetryAt(T + 500),
-            attempt: Some(attempt(1, T + 6, 503)),
+            attempts: vec![attempt(1, T + 6, 503)],
             last_error: Some("the receiver answered HTTP 503".into()),
             ..sent(&claimed[1], T + 6)
         };
         let gone = Completion {
             next: NextState::Failed,
-            attempt: Some(attempt(1, T + 6, 410)),
+            attempts: vec![attempt(1, T + 6, 410)],
             last_error: Some("the receiver answered HTTP 410".into()),
             deactivate_webhook: true,
             ..sent(&claimed[2], T + 6)

@@ -444,12 +444,12 @@ async fn complete_batch(pool: &PgPool, done: &[Completion], now: UnixMs) -> sqlx
         leases.push(c.lease);
         statuses.push(status);
         next_at.push(at);
-        codes.push(c.attempt.as_ref().and_then(|a| a.response_code).map(i32::from));
-        counted.push(i32::from(c.attempt.is_some()));
+        codes.push(c.attempts.last().and_then(|a| a.response_code).map(i32::from));
+        counted.push(c.attempts.len() as i32);
         errors.push(c.last_error.as_deref());
         urls.push(c.target_url.as_ref().map(TargetUrl::as_str));
         deactivate.push(c.deactivate_webhook);
-        if let Some(a) = &c.attempt {
+        for a in &c.attempts {
             a_ids.push(c.id.as_str());
             a_number.push(a.number as i32);
             a_started.push(a.started_at);

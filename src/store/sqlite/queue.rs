@@ -194,8 +194,8 @@ pub(super) fn complete(conn: &Connection, done: &[Completion], now: UnixMs) -> R
 
 fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
     let (status, next_attempt_at) = c.next.columns();
-    let counted = i64::from(c.attempt.is_some());
-    let code = c.attempt.as_ref().and_then(|a| a.response_code);
+    let counted = c.attempts.len() as i64;
+    let code = c.attempts.last().and_then(|a| a.response_code);
     let changed = conn
         .prepare_cached(
             "UPDATE webhook_logs SET status = ?1, next_attempt_at = ?2, response_code = COALESCE(?3, response_code), \
@@ -216,7 +216,7 @@ fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Res
     if changed == 0 {
         return Ok(false);
     }
-    if let Some(a) = &c.attempt {
+    for a in &c.attempts {
         conn.prepare_cached(
             "INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_ms, response_code, error_class, \
              error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
