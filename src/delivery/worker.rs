@@ -131,6 +131,8 @@ impl Worker {
         // Whether due work may be waiting in the database; true at start for
         // whatever a previous process left.
         let mut claim_wanted = true;
+        // How many saturated webhooks the last claim passed over.
+        let mut skipped = 0;
 
         loop {
             while let Some(joined) = tasks.try_join_next() {
@@ -151,6 +153,10 @@ impl Worker {
                         }
                         next = ended_rx.try_recv().ok();
                     }
+                    // A webhook passed over at the last claim is no longer saturated: refill it.
+                    if skipped > 0 && scheduler.saturated().len() < skipped {
+                        claim_wanted = true;
+                    }
                 }
                 batch = recv(&mut handoff) => match batch {
                     Some(batch) => self.hold(&shared, &mut scheduler, batch),
@@ -158,7 +164,11 @@ impl Worker {
                 },
                 _ = std::future::ready(()), if claim_wanted && scheduler.waiting() < hold => {
                     let asked = CLAIM_BATCH.min(hold - scheduler.waiting());
-                    match self.queue.claim(now_ms(), asked as u32).await {
+                    // Rows of webhooks that already have a backlog here are
+                    // passed over: another project's fresh work is found behind them.
+                    let skip = scheduler.saturated();
+                    skipped = skip.len();
+                    match self.queue.claim(now_ms(), asked as u32, skip).await {
                         Ok(claimed) => {
                             claim_wanted = claimed.len() == asked;
                             self.hold(&shared, &mut scheduler, claimed);

@@ -514,8 +514,17 @@ pub trait Backend: Send + Sync {
         now: UnixMs,
     ) -> impl Future<Output = Result<Retried>> + Send;
 
-    /// Leases up to `limit` due deliveries until `lease_until`.
-    fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
+    /// Leases up to `limit` due deliveries until `lease_until`, oldest due
+    /// first, passing over those of the webhooks in `skip` (the caller holds
+    /// enough of theirs already: another project's fresh work is found behind
+    /// a backlog).
+    fn claim(
+        &self,
+        now: UnixMs,
+        lease_until: UnixMs,
+        limit: u32,
+        skip: Vec<WebhookId>,
+    ) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
     /// Records results; each applies only if its lease is still current.
     /// Returns how many applied.
     fn complete(&self, done: Vec<Completion>, now: UnixMs) -> impl Future<Output = Result<usize>> + Send;
@@ -652,8 +661,8 @@ impl Backend for Store {
     async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         dispatch!(self, s => s.retry_delivery(project, id, now).await)
     }
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
-        dispatch!(self, s => s.claim(now, lease_until, limit).await)
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
+        dispatch!(self, s => s.claim(now, lease_until, limit, skip).await)
     }
     async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
         dispatch!(self, s => s.complete(done, now).await)

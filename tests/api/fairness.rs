@@ -190,20 +190,24 @@ backend_tests! {
         let id = send_many(&app, 1).await.remove(0);
         app.wait_for_status(&id, "sent").await;
 
-        // 50 retries at once: the first makes it due, the others find it due or in flight.
+        // 50 retries at once: the first makes it due, the others find it due
+        // or in flight (409); one that comes after the resend finished may
+        // start another (202). Either way the log counts every request.
         let path = format!("/v1/webhook-logs/{id}/retry");
         let answers = futures_util::future::join_all((0..50).map(|_| app.post(&path, &json!({})).send())).await;
         let statuses: Vec<u16> = answers.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
-        assert_eq!(statuses.iter().filter(|&&s| s == 202).count(), 1, "{statuses:?}");
         assert!(statuses.iter().all(|&s| s == 202 || s == 409), "{statuses:?}");
+        let accepted = statuses.iter().filter(|&&s| s == 202).count();
+        assert!(accepted >= 1 && statuses.iter().filter(|&&s| s == 409).count() >= 1, "{statuses:?}");
 
-        let log = eventually("the retry is sent", || async {
+        let expected = 1 + accepted;
+        let log = eventually("the retries are sent", || async {
             let log = app.log(&id).await;
-            (log["status"] == "sent" && log["attempts"] == 2).then_some(log)
+            (log["status"] == "sent" && log["attempts"] == expected).then_some(log)
         })
         .await;
-        assert_eq!(log["attempt_history"].as_array().unwrap().len(), 2);
-        assert_eq!(receiver.received().len(), 2, "the receiver got exactly what the log counts");
+        assert_eq!(log["attempt_history"].as_array().unwrap().len(), expected);
+        assert_eq!(receiver.received().len(), expected, "the receiver got exactly what the log counts");
     }
 
     async fn a_webhook_rate_limit_is_shown_changed_and_validated(backend) {

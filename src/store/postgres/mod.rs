@@ -192,8 +192,8 @@ impl Backend for PgStore {
         queue::retry_delivery(&self.pool, &self.announce, project, id, now).await
     }
 
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
-        queue::claim(&self.pool, now, lease_until, limit).await
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
+        queue::claim(&self.pool, now, lease_until, limit, skip).await
     }
 
     async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {

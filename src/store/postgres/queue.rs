@@ -335,7 +335,7 @@ pub(super) async fn retry_delivery(
 /// another is taking, so none is handed out twice.
 const CLAIM: &str = "WITH due AS MATERIALIZED (
          SELECT id FROM webhook_logs
-         WHERE status = 'pending' AND next_attempt_at <= $3
+         WHERE status = 'pending' AND next_attempt_at <= $3 AND webhook_id <> ALL($5::text[])
          ORDER BY next_attempt_at
          LIMIT $4
          FOR UPDATE SKIP LOCKED
@@ -348,13 +348,21 @@ const CLAIM: &str = "WITH due AS MATERIALIZED (
             w.target_url, w.is_active, c.attempts, w.rate_limit
      FROM leased c JOIN events e ON e.id = c.event_id LEFT JOIN project_webhooks w ON w.id = c.webhook_id";
 
-pub(super) async fn claim(pool: &PgPool, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
+pub(super) async fn claim(
+    pool: &PgPool,
+    now: UnixMs,
+    lease_until: UnixMs,
+    limit: u32,
+    skip: Vec<WebhookId>,
+) -> Result<Vec<Claimed>> {
     let lease: LeaseToken = rand::random();
+    let skip: Vec<&str> = skip.iter().map(WebhookId::as_str).collect();
     let found = sqlx::query(CLAIM)
         .bind(lease)
         .bind(lease_until)
         .bind(now)
         .bind(i64::from(limit))
+        .bind(skip)
         .fetch_all(pool)
         .await
         .map_err(db_err)?;

@@ -140,14 +140,16 @@ pub(super) fn claim(
     now: UnixMs,
     lease_until: UnixMs,
     limit: u32,
+    skip_json: &str,
 ) -> Result<Vec<Claimed>> {
     let ids: Vec<String> = conn
         .prepare_cached(
             "UPDATE webhook_logs SET lease_token = ?1, next_attempt_at = ?2 WHERE id IN \
              (SELECT id FROM webhook_logs WHERE status = 'pending' AND next_attempt_at <= ?3 \
+              AND webhook_id NOT IN (SELECT value FROM json_each(?5)) \
               ORDER BY next_attempt_at LIMIT ?4) RETURNING id",
         )
-        .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit], |r| r.get(0))?.collect())
+        .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit, skip_json], |r| r.get(0))?.collect())
         .map_err(db_err)?;
     let mut details = conn
         .prepare_cached(
