@@ -19,6 +19,33 @@ use tokio::sync::{oneshot, watch};
 /// the test. Tests never sleep for a fixed time and then look.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
+/// Polls `check` every 20 ms until it returns `Some`, and returns that;
+/// fails the test, saying `what` it waited for, after [`PATIENCE`]. The one
+/// waiting loop of the tests: nothing sleeps for a fixed time and then looks.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(PATIENCE, what, check).await
+}
+
+/// [`eventually`] with another bound, for waits that take longer by design.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Admin token of every test server.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -322,15 +349,11 @@ impl TestApp {
 
     /// Waits until the delivery is in `status` (and no longer leased), and returns its log entry.
     pub async fn wait_for_status(&self, delivery_id: &str, status: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually(&format!("delivery {delivery_id} to become {status}"), || async {
             let log = self.log(delivery_id).await;
-            if log["status"] == status {
-                return log;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "delivery never became {status}: {log:#}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (log["status"] == status).then_some(log)
+        })
+        .await
     }
 
     /// Stops the server the way SIGTERM does, and waits until it has.
