@@ -40,15 +40,33 @@ impl FromRequest<AppState> for JsonBody {
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = state.settings.max_data_bytes + BODY_SLACK;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge { what: "request body", limit })?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+            if caused_by::<crate::server::RequestTimedOut>(&e) {
+                ApiError::RequestTimeout
+            } else if caused_by::<http_body_util::LengthLimitError>(&e) {
+                ApiError::PayloadTooLarge { what: "request body", limit }
+            } else {
+                ApiError::BadRequest("the body could not be read whole".into())
+            }
+        })?;
         // serde_json refuses nesting deeper than 128 levels, so absurd nesting
         // is a 400 here rather than a stack overflow anywhere.
         let value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
         Ok(Self(value))
     }
+}
+
+/// Whether `e` or an error it wraps is an `E`.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<E>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A JSON body deserialized into `T`; shape errors are 422 naming the field.

@@ -8,6 +8,7 @@ mod process;
 mod admin;
 mod bench;
 mod cli;
+mod connections;
 mod delivery;
 mod events;
 mod fairness;
