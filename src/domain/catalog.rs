@@ -132,7 +132,9 @@ impl Catalog {
                 is_valid_event_name(&name),
                 "event name {name:?} must be dotted lower-case words like order.created"
             );
-            let mut options = jsonschema::options().should_validate_formats(true);
+            // `integer` means a signed 64-bit integer (see `schema_type`).
+            let mut options =
+                jsonschema::options().should_validate_formats(true).with_keyword("type", super::schema_type::compile);
             // A schema that names no dialect is read as Draft 7: it has every
             // keyword event schemas need, and its meta-schema, which checks
             // each catalog schema once at start, costs a fraction of the
@@ -235,6 +237,8 @@ fn message(kind: &ValidationErrorKind) -> String {
         K::Constant { expected_value } => format!("must be {expected_value}"),
         K::UniqueItems => "must not contain duplicate items".into(),
         K::MultipleOf { multiple_of } => format!("must be a multiple of {multiple_of}"),
+        // Our own keywords' messages, which never quote the value.
+        K::Custom { message } => message.clone(),
         _ => "is not allowed here".into(),
     }
 }
@@ -322,6 +326,61 @@ mod tests {
                 assert!(!e.message.contains("tuesday") && !e.message.contains("eur"));
             }
         }
+    }
+
+    #[test]
+    fn integers_are_json_integers_that_fit_a_signed_64_bit_integer() {
+        // The raw text of `total_amount`, and whether it is accepted.
+        let cases = [
+            ("0", true),
+            ("1999", true),
+            ("9223372036854775807", true),
+            ("9223372036854775808", false),
+            ("18446744073709551615", false),
+            ("18446744073709551616", false),
+            ("1e300", false),
+            ("1E2", false),
+            ("1.0", false),
+        ];
+        for (text, accepted) in cases {
+            let data: Value = serde_json::from_str(&format!(r#"{{"order_id": "o", "total_amount": {text}}}"#)).unwrap();
+            match check("order.created", data) {
+                Ok(parsed) => {
+                    assert!(accepted, "{text} was accepted");
+                    assert!(parsed.as_json().contains(&format!(":{text}}}")), "{text} stored as {}", parsed.as_json());
+                }
+                Err(errors) => {
+                    assert!(!accepted, "{text} was refused: {errors:?}");
+                    assert_eq!(errors, [FieldError::new("data.total_amount", super::super::schema_type::NOT_AN_INT64)]);
+                }
+            }
+        }
+        let errors = check(
+            "order.created",
+            json!({"order_id": "o", "items": [{"sku": "a", "quantity": 1e3, "unit_price": 1e19}]}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["data.items[0].quantity", "data.items[0].unit_price"],
+        );
+    }
+
+    #[test]
+    fn a_catalog_may_still_take_any_number_where_it_says_number() {
+        let catalog = Catalog::from_json_str(
+            r#"{"reading.taken": {"type": "object", "properties": {
+                "value": {"type": "number"}, "count": {"type": ["integer", "null"]}}}}"#,
+        )
+        .unwrap();
+        let name = catalog.event_name("reading.taken").unwrap();
+        let parse = |data: Value| catalog.parse_data(&name, &data, 1024).map(|d| d.as_json().to_owned());
+        assert!(parse(json!({"value": 1e300, "count": null})).is_ok());
+        assert!(parse(json!({"value": 2.5, "count": 7})).is_ok());
+        let Err(DataError::Invalid(errors)) = parse(json!({"count": 7.0})) else { panic!("7.0 accepted") };
+        assert_eq!(errors, [FieldError::new("data.count", super::super::schema_type::NOT_AN_INT64)]);
+        let Err(DataError::Invalid(errors)) = parse(json!({"count": "7"})) else { panic!("\"7\" accepted") };
+        assert_eq!(errors, [FieldError::new("data.count", "must be of type integer or null")]);
     }
 
     #[test]

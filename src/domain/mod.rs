@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod ids;
 pub mod retry;
+mod schema_type;
 pub mod secrets;
 pub mod target_url;
 pub mod time;

@@ -5,7 +5,40 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use crate::helpers::*;
 
+/// POSTs `text` as JSON, exactly as written, as the app's project.
+async fn post_text(app: &TestApp, path: &str, text: &str) -> reqwest::Response {
+    app.http
+        .post(app.url(path))
+        .bearer_auth(&app.project.api_key)
+        .header("content-type", "application/json")
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
 backend_tests! {
+    async fn integer_fields_take_only_integers_that_fit_a_signed_64_bit_integer(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        app.add_webhook("order.created", &receiver.url("/")).await;
+        let event = |amount: &str| {
+            format!(r#"{{"event_name": "order.created", "data": {{"order_id": "o", "total_amount": {amount}}}}}"#)
+        };
+        for amount in ["1e300", "18446744073709551616", "9223372036854775808", "1E2", "1.0"] {
+            let problem = assert_problem(post_text(&app, "/v1/events", &event(amount)).await, 422).await;
+            assert_eq!(problem_fields(&problem), ["data.total_amount"], "{amount}");
+            assert!(problem["errors"][0]["message"].as_str().unwrap().contains("9223372036854775807"), "{problem}");
+        }
+
+        let r = post_text(&app, "/v1/events", &event("9223372036854775807")).await;
+        assert_eq!(r.status(), 202);
+        let got = receiver.wait_for(1).await;
+        let body = String::from_utf8_lossy(&got[0].body);
+        assert!(body.contains(r#""total_amount":9223372036854775807"#), "delivered as {body}");
+        assert_eq!(app.get_json("/v1/events").await["data"].as_array().unwrap().len(), 1);
+    }
+
     async fn an_event_is_delivered_to_its_webhook_signed_with_both_schemes(backend) {
         let app = TestApp::spawn(&backend).await;
         let receiver = Receiver::start().await;
