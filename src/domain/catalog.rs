@@ -17,6 +17,8 @@ use anyhow::Context as _;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
 
+use super::field::{FieldError, FieldPath};
+
 /// The compiled-in catalog, also the reference for the `--event-catalog` format.
 pub const DEFAULT_CATALOG_JSON: &str = include_str!("default_catalog.json");
 
@@ -80,21 +82,6 @@ impl EventData {
 impl fmt::Debug for EventData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "EventData({} bytes)", self.0.len())
-    }
-}
-
-/// One reason an input was refused, pointing at the field: `data.items[0].sku`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    /// The offending field's path, e.g. `data.items[0].sku`; empty for the body itself.
-    pub field: String,
-    /// What is wrong with it; never quotes the value sent.
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -173,7 +160,7 @@ impl Catalog {
         // collecting every error costs several times more, so only a refused
         // event pays for it.
         if !validator.is_valid(data) {
-            let mut errors: Vec<FieldError> = validator.iter_errors(data).map(|e| describe(data, &e)).collect();
+            let mut errors: Vec<FieldError> = validator.iter_errors(data).flat_map(|e| describe(data, &e)).collect();
             errors.sort_by(|a, b| a.field.cmp(&b.field));
             errors.dedup();
             if errors.is_empty() {
@@ -196,18 +183,18 @@ fn is_valid_event_name(s: &str) -> bool {
             .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
 }
 
-/// Turns a schema error into a field path and a message that never quotes the value.
-fn describe(data: &Value, e: &jsonschema::ValidationError<'_>) -> FieldError {
+/// Turns a schema error into field errors (one per unknown field) that never
+/// quote the value, nor a key that is not plain.
+fn describe(data: &Value, e: &jsonschema::ValidationError<'_>) -> Vec<FieldError> {
     let path = field_path(data, e.instance_path.as_str());
-    let child = |name: &str| format!("{path}.{name}");
     match &e.kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            FieldError::new(child(&unexpected.join(", ")), "unknown field")
+            unexpected.iter().map(|name| path.clone().key(name.as_str()).unknown()).collect()
         }
         ValidationErrorKind::Required { property } => {
-            FieldError::new(child(property.as_str().unwrap_or("?")), "is required")
+            vec![path.key(property.as_str().unwrap_or("?")).error("is required")]
         }
-        kind => FieldError::new(path, message(kind)),
+        kind => vec![path.error(&message(kind))],
     }
 }
 
@@ -245,29 +232,27 @@ fn message(kind: &ValidationErrorKind) -> String {
 
 /// `/items/0/sku` → `data.items[0].sku`, using the value to tell array indexes
 /// from object keys that happen to be digits.
-fn field_path(data: &Value, pointer: &str) -> String {
-    let mut out = String::from("data");
+fn field_path(data: &Value, pointer: &str) -> FieldPath {
+    let mut path = FieldPath::root().key("data");
     let mut current = Some(data);
     for raw in pointer.split('/').skip(1) {
         let seg = raw.replace("~1", "/").replace("~0", "~");
-        match current {
-            Some(Value::Array(items)) => {
-                out.push_str(&format!("[{seg}]"));
-                current = seg.parse::<usize>().ok().and_then(|i| items.get(i));
+        match (current, seg.parse::<usize>()) {
+            (Some(Value::Array(items)), Ok(i)) => {
+                current = items.get(i);
+                path = path.index(i);
             }
-            Some(Value::Object(map)) => {
-                out.push('.');
-                out.push_str(&seg);
+            (Some(Value::Object(map)), _) => {
                 current = map.get(&seg);
+                path = path.key(seg);
             }
             _ => {
-                out.push('.');
-                out.push_str(&seg);
                 current = None;
+                path = path.key(seg);
             }
         }
     }
-    out
+    path
 }
 
 #[cfg(test)]
@@ -381,6 +366,17 @@ mod tests {
         assert_eq!(errors, [FieldError::new("data.count", super::super::schema_type::NOT_AN_INT64)]);
         let Err(DataError::Invalid(errors)) = parse(json!({"count": "7"})) else { panic!("\"7\" accepted") };
         assert_eq!(errors, [FieldError::new("data.count", "must be of type integer or null")]);
+    }
+
+    #[test]
+    fn errors_never_quote_a_key_that_is_not_plain() {
+        let errors = check("order.paid", json!({"order_id": "o", "PII_john@example.com": 1, "colour": 2})).unwrap_err();
+        assert_eq!(
+            errors,
+            [FieldError::new("data", "has an unknown field"), FieldError::new("data.colour", "unknown field")]
+        );
+        let errors = check("order.paid", json!({"order_id": "o", "metadata": {"john doe": 5}})).unwrap_err();
+        assert_eq!(errors, [FieldError::new("data.metadata", "has a field that must be of type string")]);
     }
 
     #[test]
