@@ -34,8 +34,6 @@ pub enum Command {
     SecretKey,
     /// Run a local receiver that verifies and prints incoming webhooks.
     Listen(crate::listen::ListenArgs),
-    /// Measure end-to-end throughput and latency on this machine.
-    Bench(Box<crate::bench::BenchArgs>),
     /// Check a captured webhook's signatures and explain the result (exit code 0 only if verified).
     Verify(crate::verify::VerifyArgs),
     /// See hookline work in one command: a throwaway server, receiver and database.
@@ -114,7 +112,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen(args) => crate::listen::run(args).await,
-        Command::Bench(args) => tokio::task::spawn_blocking(move || crate::bench::run_on_own_thread(*args)).await?,
         Command::Verify(args) => crate::verify::run(args),
         Command::Demo => {
             // Quiet unless asked: the demo's own output tells the story.

@@ -22,7 +22,14 @@
 //! - [`domain`]: ids, event catalog, target URLs, keys and secrets, the retry
 //!   schedule. Pure types, no I/O.
 //! - [`api`]: axum routes, one module per resource; problem+json errors.
-//! - [`store`]: the only SQL; the [`store::Backend`] contract and its backends.
+//! - [`queue`]: the outbox path: enqueue (commit, then hand over in memory),
+//!   claim, complete, manual retry.
+//! - [`store`]: the only SQL; the [`store::Backend`] contract, its model types
+//!   and errors, and one folder per backend:
+//!   - [`store::sqlite`]: the writer thread (group commit), queue statements,
+//!     CRUD, row mapping, migrations;
+//!   - [`store::postgres`]: the ingest batcher, `NOTIFY`, queue statements,
+//!     CRUD, row mapping, migrations (sqlx's migrator).
 //! - [`delivery`]: the worker, the HTTP client, the retry policy.
 //! - [`signing`]: both signature schemes, sign and verify.
 //! - [`ssrf`]: which target addresses may be reached.
@@ -31,7 +38,6 @@
 //!   of projects, API keys and signing secrets, and their caches; called by
 //!   the API and the CLI alike.
 //! - [`listen`]: a local receiver for developers (`hookline listen`).
-//! - [`bench`]: the end-to-end benchmark (`hookline bench`).
 //! - [`verify`]: offline signature check of a captured request (`hookline verify`).
 //! - [`demo`]: the whole flow in one command (`hookline demo`).
 //! - [`telemetry`]: process logs and the Prometheus recorder.
@@ -40,7 +46,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::domain::FieldError;
-use crate::store::StoreError;
+use crate::store::{ConstraintKind, StoreError};
 
 /// Each variant is one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,19 @@ pub enum ApiError {
     /// 422: well-formed JSON that breaks a rule; each entry names its field.
     #[error("the request is not valid")]
     Validation(Vec<FieldError>),
+    /// 409: the change would duplicate an object that exists (a unique
+    /// constraint of the store). The constraint's name is logged, not
+    /// answered: schema names are not the client's business.
+    #[error("the change conflicts with an existing object")]
+    Conflict { constraint: String },
+    /// 409: a manual retry of a delivery that is in flight or already due;
+    /// nothing is sent (SPEC §8).
+    #[error("the delivery is in flight or already due; nothing more is sent for this retry")]
+    DeliveryBusy,
+    /// 422: the change refers to an object that does not exist, or breaks a
+    /// rule of the schema (a foreign key or CHECK constraint); its name is logged.
+    #[error("the change refers to an object that does not exist or breaks a rule of the schema")]
+    ConstraintViolated { constraint: String },
     /// 422: an `Idempotency-Key` reused for a different request.
     #[error("this Idempotency-Key was already used for a different request in the last 24 hours")]
     IdempotencyKeyReused,
@@ -71,7 +84,10 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Validation(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict { .. } | Self::DeliveryBusy => StatusCode::CONFLICT,
+            Self::Validation(_) | Self::ConstraintViolated { .. } | Self::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,6 +103,9 @@ impl ApiError {
             Self::RequestTimeout => "request-timeout",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Conflict { .. } => "conflict",
+            Self::DeliveryBusy => "delivery-busy",
+            Self::ConstraintViolated { .. } => "constraint-violated",
             Self::Validation(_) => "validation",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Unavailable(_) => "unavailable",
@@ -96,9 +115,22 @@ impl ApiError {
     }
 }
 
+/// The one place store errors become HTTP: a constraint the write broke is the
+/// client's to fix (409 for a duplicate, 422 for the rest); anything else is a
+/// 500, logged with its cause chain.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(e.into())
+        match e {
+            StoreError::Constraint { kind, constraint, .. } => {
+                let constraint = constraint.unwrap_or_else(|| format!("a {kind} constraint"));
+                tracing::info!(%constraint, "a write broke a constraint of the store");
+                match kind {
+                    ConstraintKind::Unique => Self::Conflict { constraint },
+                    ConstraintKind::ForeignKey | ConstraintKind::Check => Self::ConstraintViolated { constraint },
+                }
+            }
+            other => Self::Internal(other.into()),
+        }
     }
 }
 
@@ -158,6 +190,11 @@ pub mod responses {
     #[derive(ToResponse)]
     #[response(content_type = "application/problem+json")]
     pub struct UnsupportedMediaType(Problem);
+
+    /// The request conflicts with the state of the object.
+    #[derive(ToResponse)]
+    #[response(content_type = "application/problem+json")]
+    pub struct Conflict(Problem);
 
     /// Well-formed input that breaks a rule; `errors` names each field.
     #[derive(ToResponse)]
@@ -244,5 +281,43 @@ impl IntoResponse for ApiError {
             headers.insert(name, HeaderValue::from_static(value));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violated(kind: ConstraintKind, constraint: Option<&str>) -> StoreError {
+        StoreError::Constraint {
+            kind,
+            constraint: constraint.map(str::to_owned),
+            source: Box::new(std::io::Error::other("refused")),
+        }
+    }
+
+    #[test]
+    fn store_errors_map_to_one_status_each() {
+        let cases = [
+            (violated(ConstraintKind::Unique, Some("project_webhooks_pkey")), 409),
+            (violated(ConstraintKind::ForeignKey, Some("project_webhooks_project_id_fkey")), 422),
+            (violated(ConstraintKind::ForeignKey, None), 422),
+            (violated(ConstraintKind::Check, Some("webhook_logs_status_check")), 422),
+            (StoreError::Sqlite(rusqlite::Error::InvalidQuery), 500),
+            (StoreError::WriterGone, 500),
+        ];
+        for (store_error, status) in cases {
+            let shown = store_error.to_string();
+            assert_eq!(ApiError::from(store_error).status().as_u16(), status, "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_constraint_violation_keeps_its_name_but_does_not_answer_it() {
+        let e = ApiError::from(violated(ConstraintKind::Unique, Some("project_webhooks_pkey")));
+        assert!(matches!(&e, ApiError::Conflict { constraint } if constraint == "project_webhooks_pkey"));
+        assert!(!e.to_string().contains("project_webhooks_pkey"), "{e}");
+        let e = ApiError::from(violated(ConstraintKind::ForeignKey, None));
+        assert!(matches!(&e, ApiError::ConstraintViolated { constraint } if constraint == "a foreign key constraint"));
     }
 }

@@ -9,12 +9,12 @@ use utoipa_axum::routes;
 
 use super::auth::ProjectAuth;
 use super::error::ApiError;
-use super::error::responses::{NotFound, Unauthorized, Unprocessable};
+use super::error::responses::{Conflict, NotFound, Unauthorized, Unprocessable};
 use super::extract::{PageParams, QueryMap};
 use super::{AppState, ListResponse};
 use crate::domain::time::{parse_rfc3339, to_rfc3339};
 use crate::domain::{DeliveryId, EventId, WebhookId};
-use crate::store::{Attempt, Backend as _, DeliveryLog, DeliveryStatus, LogFilter};
+use crate::store::{Attempt, Backend as _, DeliveryLog, DeliveryStatus, LogFilter, Retried};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list)).routes(routes!(show)).routes(routes!(retry))
@@ -227,8 +227,10 @@ async fn show(
 
 /// Send a delivery again now.
 ///
-/// Whatever its state: the delivery becomes pending and due at once, and keeps
-/// its id (`webhook-id`) and its attempt history.
+/// A delivery that waits for a later attempt, `sent` or `failed` becomes
+/// pending and due at once, and keeps its id (`webhook-id`) and its attempt
+/// history. One that is in flight or already due answers 409 and nothing more
+/// is sent: a retry never multiplies requests toward the receiver.
 #[utoipa::path(
     post,
     path = "/v1/webhook-logs/{id}/retry",
@@ -239,6 +241,7 @@ async fn show(
         (status = 202, description = "Pending again, due now", body = LogView),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -248,6 +251,9 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<LogView>), ApiError> {
     let id = DeliveryId::parse(&id).ok_or(ApiError::NotFound)?;
-    let log = app.queue.retry_now(project, id).await?.ok_or(ApiError::NotFound)?;
-    Ok((StatusCode::ACCEPTED, Json(log.into())))
+    match app.queue.retry_now(project, id).await? {
+        Retried::Due(log) => Ok((StatusCode::ACCEPTED, Json(log.into()))),
+        Retried::Busy => Err(ApiError::DeliveryBusy),
+        Retried::NotFound => Err(ApiError::NotFound),
+    }
 }

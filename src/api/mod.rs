@@ -94,6 +94,7 @@ impl<T> ListResponse<T> {
             error::responses::BadRequest,
             error::responses::Unauthorized,
             error::responses::NotFound,
+            error::responses::Conflict,
             error::responses::PayloadTooLarge,
             error::responses::UnsupportedMediaType,
             error::responses::Unprocessable,

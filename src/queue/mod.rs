@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::time::now_ms;
 use crate::domain::{DeliveryId, ProjectId, TargetUrl, UnixMs};
 use crate::store::{
-    self, Backend as _, Claimed, Completion, DeliveryLog, Ingested, Lease, LeaseToken, NewEvent, Receipt, Store,
+    self, Backend as _, Claimed, Completion, Ingested, Lease, LeaseToken, NewEvent, Receipt, Retried, Store,
 };
 
 pub use handoff::HandoffReceiver;
@@ -69,7 +69,7 @@ impl Queue {
         let queue = self.clone();
         tokio::spawn(async move { queue.enqueue_here(event).await })
             .await
-            .map_err(|e| store::StoreError::Database(format!("the ingest task failed: {e}")))?
+            .map_err(|source| store::StoreError::TaskFailed { task: "ingest", source })?
     }
 
     async fn enqueue_here(&self, mut event: NewEvent) -> store::Result<Ingested> {
@@ -92,13 +92,14 @@ impl Queue {
         Ok(ingested)
     }
 
-    /// Makes a delivery pending and due now (manual redelivery) and wakes the worker.
-    pub async fn retry_now(&self, project: ProjectId, id: DeliveryId) -> store::Result<Option<DeliveryLog>> {
-        let log = self.store.retry_delivery(project, id, now_ms()).await?;
-        if log.is_some() {
+    /// Makes a delivery due now (manual redelivery) unless it is in flight or
+    /// already due, and wakes the worker.
+    pub async fn retry_now(&self, project: ProjectId, id: DeliveryId) -> store::Result<Retried> {
+        let retried = self.store.retry_delivery(project, id, now_ms()).await?;
+        if let Retried::Due(_) = retried {
             self.work_ready.notify_one();
         }
-        Ok(log)
+        Ok(retried)
     }
 
     /// Leases up to `limit` due deliveries to the caller, from `now` for the lease period.

@@ -1,8 +1,8 @@
 //! The store: the only place with SQL.
 //!
-//! [`Backend`] is the contract; `sqlite.rs` and `postgres.rs` implement it and
-//! [`Store`] dispatches to the configured one without boxing. One conformance
-//! suite (`tests/api/store.rs`) runs against both.
+//! [`Backend`] is the contract, with its model types and [`StoreError`] in
+//! this file; [`Store`] dispatches to the configured backend without boxing.
+//! One conformance suite (`tests/api/store.rs`) runs against both backends.
 //!
 //! The database is also the queue (a transactional outbox): [`Backend::ingest`]
 //! commits the event and one pending delivery per active webhook in one
@@ -10,6 +10,25 @@
 //! Workers [`Backend::claim`] due deliveries with a lease, commit, send without
 //! any transaction open, and [`Backend::complete`] with a guarded update that
 //! only applies while their lease is still the current one.
+//!
+//! Each backend is a folder, split by what each part owns; its `mod.rs` holds
+//! the [`Backend`] impl, which hands every operation to one of the others:
+//!
+//! - [`sqlite`]: the embedded default, on rusqlite.
+//!   - `writer.rs`: the one writer thread and its group commit; the checkpoint thread.
+//!   - `queue.rs`: ingest, claim, complete, release, manual retry, queue counts, pruning.
+//!   - `crud.rs`: projects, keys, secrets, webhooks; reads of events and logs.
+//!   - `rows.rs`: row mapping, written once, and the typed columns.
+//!   - `migrations.rs`: its own small runner over `PRAGMA user_version`.
+//! - [`postgres`]: one database shared by many processes, on sqlx.
+//!   - `batcher.rs`: concurrent ingests written a batch per transaction.
+//!   - `notify.rs`: `LISTEN/NOTIFY`, to wake workers in other processes.
+//!   - `queue.rs`, `crud.rs`, `rows.rs`: as for SQLite.
+//!   - `migrations.rs`: sqlx's migrator, with the SQL files embedded.
+//!
+//! Errors keep their cause. A write that breaks a constraint of the schema
+//! comes back as [`StoreError::Constraint`], naming the constraint, which the
+//! API answers with 409 or 422 (`api/error.rs`); anything else is a 500.
 
 pub mod postgres;
 pub mod sqlite;
@@ -24,13 +43,81 @@ use crate::domain::{
     ApiKeyHash, ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId,
 };
 
-/// Errors of the storage layer. Anything here is an internal error to the API.
+/// Errors of the storage layer. A constraint violation says which rule of the
+/// schema a write broke, so the API can answer it (409 or 422); every other
+/// error is an internal one and keeps its cause, for the log.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(String),
+    /// The schema refused a write: a duplicate key, a reference to a row that
+    /// does not exist, or a failed CHECK.
+    #[error("{kind} constraint {} violated", .constraint.as_deref().unwrap_or("(unnamed)"))]
+    Constraint {
+        kind: ConstraintKind,
+        /// The name the database gives: PostgreSQL's constraint name (e.g.
+        /// `project_webhooks_pkey`), SQLite's `table.column` list or CHECK
+        /// name. `None` where the database names none (SQLite's foreign keys).
+        constraint: Option<String>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("SQLite failed")]
+    Sqlite(#[source] rusqlite::Error),
+    /// The transaction of a group commit failed (to begin, or to commit):
+    /// every write of the group gets this one error.
+    #[error("the SQLite transaction of this write's group failed")]
+    GroupCommit(#[source] Arc<rusqlite::Error>),
+    #[error("PostgreSQL failed")]
+    Postgres(#[source] sqlx::Error),
+    #[error("migrating the PostgreSQL schema failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A PostgreSQL database migrated by a pre-release hookline, whose
+    /// migration runner is gone (see `postgres/migrations.rs`).
+    #[error(
+        "this database was set up by a pre-release hookline (it has a hookline_migrations table); \
+         create a new database and point hookline at it"
+    )]
+    PreReleaseSchema,
+    /// Readiness: the schema is not the one this build expects.
+    #[error("the schema is at version {found}, this hookline expects {expected}; run `hookline migrate`")]
+    SchemaNotCurrent { found: i64, expected: i64 },
+    /// A task doing store work ended without an answer (it panicked or was cancelled).
+    #[error("the {task} task failed")]
+    TaskFailed {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// An idempotency key that kept changing hands while a keyed ingest
+    /// looked at it; the client may retry.
+    #[error("the idempotency key changed under three attempts in a row")]
+    IdempotencyKeyContended,
+    /// The writer answered a write it had not run. Never expected: every
+    /// write of a group that committed has run.
+    #[error("the database writer answered a write it had not run")]
+    WriteNotRun,
     #[error("the database writer has stopped")]
     WriterGone,
+}
+
+/// Which kind of constraint a write broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstraintKind {
+    /// A primary key or UNIQUE: the row exists already.
+    Unique,
+    /// A reference to a row that does not exist.
+    ForeignKey,
+    /// A CHECK of the schema.
+    Check,
+}
+
+impl std::fmt::Display for ConstraintKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unique => "unique",
+            Self::ForeignKey => "foreign key",
+            Self::Check => "check",
+        })
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -196,6 +283,17 @@ pub struct DeliveryLog {
     pub last_error: Option<String>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+}
+
+/// What a manual retry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// Pending and due now.
+    Due(DeliveryLog),
+    /// In flight or already due: nothing changed.
+    Busy,
+    /// No such delivery in this project.
+    NotFound,
 }
 
 /// One attempt of a delivery, as kept in `delivery_attempts`.
@@ -392,14 +490,15 @@ pub trait Backend: Send + Sync {
         project: ProjectId,
         id: DeliveryId,
     ) -> impl Future<Output = Result<Option<(DeliveryLog, Vec<Attempt>)>>> + Send;
-    /// Makes a delivery pending and due now, whatever its state. A lease held
-    /// by a worker is cancelled: that worker's result will not be recorded.
+    /// Makes a delivery due now (SPEC §8): one that waits for a later attempt,
+    /// `sent` or `failed`. One that is in flight (under an unexpired lease) or
+    /// already due is left as it is: a retry never adds a request to those.
     fn retry_delivery(
         &self,
         project: ProjectId,
         id: DeliveryId,
         now: UnixMs,
-    ) -> impl Future<Output = Result<Option<DeliveryLog>>> + Send;
+    ) -> impl Future<Output = Result<Retried>> + Send;
 
     /// Leases up to `limit` due deliveries until `lease_until`.
     fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
@@ -526,7 +625,7 @@ impl Backend for Store {
     async fn get_log(&self, project: ProjectId, id: DeliveryId) -> Result<Option<(DeliveryLog, Vec<Attempt>)>> {
         dispatch!(self, s => s.get_log(project, id).await)
     }
-    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Option<DeliveryLog>> {
+    async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         dispatch!(self, s => s.retry_delivery(project, id, now).await)
     }
     async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {

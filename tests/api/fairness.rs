@@ -166,4 +166,43 @@ backend_tests! {
             assert!(r.max_concurrent() <= 4, "a hanging target held {} requests", r.max_concurrent());
         }
     }
+
+    async fn a_manual_retry_of_a_delivery_in_flight_is_a_409_and_sends_nothing(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        receiver.script([Reply::status(200).after(Duration::from_millis(500))]);
+        app.add_webhook("order.paid", &receiver.url("/hook")).await;
+        let id = send_many(&app, 1).await.remove(0);
+        receiver.wait_for(1).await;
+
+        let r = app.post(&format!("/v1/webhook-logs/{id}/retry"), &json!({})).send().await.unwrap();
+        let problem = assert_problem(r, 409).await;
+        assert!(problem["detail"].as_str().unwrap().contains("in flight"), "{problem}");
+        let log = app.wait_for_status(&id, "sent").await;
+        assert_eq!(log["attempts"], 1);
+        assert_eq!(receiver.received().len(), 1);
+    }
+
+    async fn hammering_retry_sends_one_request_and_every_request_is_an_attempt(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        app.add_webhook("order.paid", &receiver.url("/hook")).await;
+        let id = send_many(&app, 1).await.remove(0);
+        app.wait_for_status(&id, "sent").await;
+
+        // 50 retries at once: the first makes it due, the others find it due or in flight.
+        let path = format!("/v1/webhook-logs/{id}/retry");
+        let answers = futures_util::future::join_all((0..50).map(|_| app.post(&path, &json!({})).send())).await;
+        let statuses: Vec<u16> = answers.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+        assert_eq!(statuses.iter().filter(|&&s| s == 202).count(), 1, "{statuses:?}");
+        assert!(statuses.iter().all(|&s| s == 202 || s == 409), "{statuses:?}");
+
+        let log = eventually("the retry is sent", || async {
+            let log = app.log(&id).await;
+            (log["status"] == "sent" && log["attempts"] == 2).then_some(log)
+        })
+        .await;
+        assert_eq!(log["attempt_history"].as_array().unwrap().len(), 2);
+        assert_eq!(receiver.received().len(), 2, "the receiver got exactly what the log counts");
+    }
 }

@@ -6,7 +6,6 @@ mod helpers;
 mod process;
 
 mod admin;
-mod bench;
 mod cli;
 mod connections;
 mod delivery;

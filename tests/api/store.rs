@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use hookline::domain::{ApiKey, ApiKeyId, EventData, EventId, EventName, ProjectId, TargetUrl, WebhookId};
 use hookline::store::{
-    Attempt, Backend as _, Completion, DeliveryStatus, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested, NewApiKey,
-    NewEvent, NextState, Project, QueueStats, Receipt, Store, Webhook,
+    Attempt, Backend as _, Completion, ConstraintKind, DeliveryStatus, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested,
+    NewApiKey, NewEvent, NextState, Project, QueueStats, Receipt, Retried, Store, StoreError, Webhook,
 };
 
 use crate::backend_tests;
@@ -45,19 +45,20 @@ async fn new_project(store: &Store) -> ProjectId {
 
 async fn new_webhook(store: &Store, project: &ProjectId, event: &str) -> WebhookId {
     let id = WebhookId::generate();
-    store
-        .create_webhook(Webhook {
-            id: id.clone(),
-            project_id: project.clone(),
-            event: EventName::from_trusted(event),
-            target_url: TargetUrl::parse("https://example.com/hook").unwrap(),
-            is_active: true,
-            created_at: T - DAY * 30,
-            updated_at: T - DAY * 30,
-        })
-        .await
-        .unwrap();
+    store.create_webhook(webhook(id.clone(), project, event)).await.unwrap();
     id
+}
+
+fn webhook(id: WebhookId, project: &ProjectId, event: &str) -> Webhook {
+    Webhook {
+        id,
+        project_id: project.clone(),
+        event: EventName::from_trusted(event),
+        target_url: TargetUrl::parse("https://example.com/hook").unwrap(),
+        is_active: true,
+        created_at: T - DAY * 30,
+        updated_at: T - DAY * 30,
+    }
 }
 
 fn event(project: &ProjectId, name: &str, at: i64) -> NewEvent {
@@ -254,20 +255,35 @@ backend_tests! {
         assert_eq!(unique, all);
     }
 
-    async fn a_manual_retry_cancels_the_lease(backend) {
+    async fn a_manual_retry_leaves_a_delivery_in_flight_or_due_and_makes_a_waiting_one_due(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
-        let held = f.store.claim(T, T + MINUTE, 10).await.unwrap().remove(0);
+        let retry = |at| f.store.retry_delivery(f.project.clone(), id.clone(), at);
 
-        let log = f.store.retry_delivery(f.project.clone(), id.clone(), T + 5).await.unwrap().unwrap();
-        assert_eq!((log.status.as_str(), log.next_attempt_at), ("pending", Some(T + 5)));
-        assert_eq!(f.store.complete(vec![sent(&held, T + 6)], T + 6).await.unwrap(), 0, "the old lease is void");
-        let again = f.store.claim(T + 5, T + MINUTE, 10).await.unwrap();
+        // Due (not claimed yet): nothing changes.
+        assert_eq!(retry(T + 1).await.unwrap(), Retried::Busy);
+        // In flight: the lease stands and the worker's result is recorded.
+        let held = f.store.claim(T + 1, T + MINUTE, 10).await.unwrap().remove(0);
+        assert_eq!(retry(T + 2).await.unwrap(), Retried::Busy);
+        let waiting = Completion { next: NextState::RetryAt(T + MINUTE * 5), ..sent(&held, T + 3) };
+        assert_eq!(f.store.complete(vec![waiting], T + 3).await.unwrap(), 1, "the lease was not cancelled");
+
+        // Waiting for a later attempt: due now.
+        let Retried::Due(log) = retry(T + 4).await.unwrap() else { panic!("a waiting delivery is made due") };
+        assert_eq!((log.status.as_str(), log.next_attempt_at), ("pending", Some(T + 4)));
+        let again = f.store.claim(T + 4, T + MINUTE, 10).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, id);
+        // Sent: due again.
+        assert_eq!(f.store.complete(vec![sent(&again[0], T + 5)], T + 5).await.unwrap(), 1);
+        assert!(matches!(retry(T + 6).await.unwrap(), Retried::Due(_)));
 
         let other = new_project(&f.store).await;
-        assert!(f.store.retry_delivery(other, id, T + 7).await.unwrap().is_none(), "another project's delivery is not found");
+        assert_eq!(
+            f.store.retry_delivery(other, id.clone(), T + 7).await.unwrap(),
+            Retried::NotFound,
+            "another project's delivery is not found"
+        );
     }
 
     async fn a_released_delivery_is_due_again_only_with_its_current_lease(backend) {
@@ -360,9 +376,8 @@ backend_tests! {
         let first = f.store.claim(T + 2, T + 2 + MINUTE, 2).await.unwrap();
         let first_a = first.iter().find(|c| c.id == a).unwrap();
         let first_b = first.iter().find(|c| c.id == b).unwrap();
-        // A manual retry cancels the lease; the delivery is claimed again while the first send is in flight.
-        f.store.retry_delivery(f.project.clone(), a.clone(), T + 3).await.unwrap();
-        let again = f.store.claim(T + 4, T + 4 + MINUTE, 1).await.unwrap();
+        // The first lease runs out while its send is still in flight, and the delivery is claimed again.
+        let again = f.store.claim(T + 3 + MINUTE, T + 4 + 2 * MINUTE, 1).await.unwrap();
         assert_eq!(again[0].id, a);
 
         let batch = vec![sent(first_a, T + 5), sent(&again[0], T + 5), sent(first_b, T + 5)];
@@ -419,6 +434,38 @@ backend_tests! {
         assert_eq!((stats.pending, stats.due, stats.leased), (3, 1, 1));
     }
 
+    async fn a_webhook_with_an_id_that_exists_is_refused_as_a_named_unique_violation(backend) {
+        let f = fixture(&backend).await;
+
+        let refused = f.store.create_webhook(webhook(f.webhook.clone(), &f.project, "order.created")).await;
+
+        match refused {
+            Err(StoreError::Constraint { kind: ConstraintKind::Unique, constraint: Some(name), .. }) => {
+                // PostgreSQL names the constraint (project_webhooks_pkey), SQLite the column (project_webhooks.id).
+                assert!(name.starts_with("project_webhooks"), "named {name}");
+            }
+            other => panic!("expected a named unique violation, got {other:?}"),
+        }
+        let kept = f.store.get_webhook(f.project.clone(), f.webhook.clone()).await.unwrap().unwrap();
+        assert_eq!(kept.event.as_str(), "order.paid", "the webhook that exists is unchanged");
+    }
+
+    async fn a_webhook_of_a_project_that_does_not_exist_is_refused_as_a_foreign_key_violation(backend) {
+        let f = fixture(&backend).await;
+
+        let refused = f.store.create_webhook(webhook(WebhookId::generate(), &ProjectId::generate(), "order.paid")).await;
+
+        match refused {
+            Err(StoreError::Constraint { kind: ConstraintKind::ForeignKey, constraint, .. }) => {
+                // SQLite does not say which foreign key; PostgreSQL does.
+                if backend.is_postgres() {
+                    assert_eq!(constraint.as_deref(), Some("project_webhooks_project_id_fkey"));
+                }
+            }
+            other => panic!("expected a foreign key violation, got {other:?}"),
+        }
+    }
+
     async fn migrations_are_safe_to_run_from_several_processes_at_once(backend) {
         let db = TestDatabase::create(&backend).await;
         let url = hookline::config::DatabaseUrl::parse(&db.url).unwrap();
@@ -437,4 +484,28 @@ backend_tests! {
             store.ping().await.unwrap();
         }
     }
+}
+
+/// A PostgreSQL database set up by the pre-release migration runner is
+/// refused as it is, with a message that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_pre_release_migration_runner_is_refused_untouched() {
+    let Some(backend) = Backend::postgres() else { return skipped_without_postgres() };
+    let db = TestDatabase::create(&backend).await;
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE hookline_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let url = hookline::config::DatabaseUrl::parse(&db.url).unwrap();
+    let store = Store::open(&url, 2).await.unwrap();
+
+    let refused = store.migrate().await;
+
+    assert!(matches!(refused, Err(StoreError::PreReleaseSchema)), "{refused:?}");
+    assert!(refused.unwrap_err().to_string().contains("create a new database"));
+    assert_eq!(count_rows(&db, "pg_tables WHERE tablename IN ('_sqlx_migrations', 'projects')").await, 0);
 }

@@ -1,27 +1,38 @@
-//! `hookline bench`: an end-to-end benchmark a user can run on their own machine.
+//! `hookline-bench`: an end-to-end benchmark a user can run on their own machine.
 //!
-//! It starts a hookline server as a child process (or targets one with
-//! `--url`), starts a minimal local receiver, creates a project with N
-//! webhooks, drives ingest with C concurrent keep-alive clients, waits until
-//! every delivery has arrived, and reports ingest throughput and latency,
-//! end-to-end deliveries per second and send→delivery latency, and the
-//! server's CPU time and peak RSS (read from /proc).
+//! It starts `hookline serve` as a child process from a given binary (or
+//! targets a running server with `--url`), starts a minimal local receiver,
+//! creates a project with N webhooks, drives ingest with C concurrent
+//! keep-alive clients, waits until every delivery has arrived, and reports
+//! ingest throughput and latency, end-to-end deliveries per second and
+//! send→delivery latency, and the server's CPU time and peak RSS (read from
+//! /proc).
+//!
+//! It knows the server only by its command line, its HTTP API and the log
+//! line that names its address, so the same load generator can measure two
+//! builds of hookline (`--server-bin`).
 //!
 //! Scenarios: `live` ingests and delivers at the same time; `drain` ingests
 //! with the worker stopped (`--role api`), then starts a worker-only server on
 //! the same database and measures how fast the backlog drains.
+//!
+//! Layout: `wire` speaks the little HTTP/1.1 the load client and the receiver
+//! need; `receiver` records arrivals; `server` runs the server under test.
+
+#![forbid(unsafe_code)]
 
 mod receiver;
 mod server;
 mod wire;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,7 +52,9 @@ pub enum Scenario {
     Drain,
 }
 
-#[derive(Debug, Clone, Args)]
+/// Measure a hookline server's end-to-end throughput and latency on this machine.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hookline-bench", version)]
 pub struct BenchArgs {
     /// Events to send (with --duration: the most to send).
     #[arg(long, default_value_t = 20_000)]
@@ -60,6 +73,10 @@ pub struct BenchArgs {
     pub webhooks: usize,
     #[arg(long, value_enum, default_value = "live")]
     pub scenario: Scenario,
+    /// The `hookline` binary to start as the server under test; by default the
+    /// one beside this executable (the same target directory).
+    #[arg(long, env = "HOOKLINE_BENCH_SERVER_BIN")]
+    pub server_bin: Option<PathBuf>,
     /// Database of the started server: a temp SQLite file by default, or `postgres://…`.
     #[arg(long, env = "HOOKLINE_BENCH_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -313,18 +330,15 @@ async fn wait_for_deliveries(arrivals: &Arrivals, expected: u64, stall: Duration
     }
 }
 
-/// Runs the benchmark on a thread of its own with a single-threaded runtime:
-/// the load generator and the receiver share the machine with the server they
-/// measure, and one thread without cross-thread wake-ups is their cheapest form.
-pub fn run_on_own_thread(args: BenchArgs) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("bench".into())
-        .spawn(move || tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(args)))?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?
+/// Runs the benchmark on a single-threaded runtime: the load generator and the
+/// receiver share the machine with the server they measure, and one thread
+/// without cross-thread wake-ups is their cheapest form.
+fn main() -> anyhow::Result<()> {
+    let args = BenchArgs::parse();
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(args))
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.url.is_some() && args.scenario == Scenario::Drain {
         bail!("the drain scenario restarts the server, so it cannot target --url");
     }
@@ -346,7 +360,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         None => {
             let role = if args.scenario == Scenario::Drain { "api" } else { "all" };
-            let s = ServerUnderTest::start(args.database_url.as_deref(), role, &args.server_args).await?;
+            let s = ServerUnderTest::start(
+                args.server_bin.as_deref(),
+                args.database_url.as_deref(),
+                role,
+                &args.server_args,
+            )
+            .await?;
             let admin = (s.base.clone(), s.admin_token.clone());
             (s.backend_name().to_owned(), Some(s), admin)
         }
@@ -420,7 +440,7 @@ fn print_report(r: &BenchResult) {
         None => "-".to_owned(),
     };
     println!(
-        "hookline bench: {:?} on {}, {} webhook(s) per event, {} clients",
+        "hookline-bench: {:?} on {}, {} webhook(s) per event, {} clients",
         r.scenario, r.backend, r.webhooks, r.concurrency
     );
     println!(

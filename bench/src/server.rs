@@ -1,9 +1,13 @@
 //! The server under test: `hookline serve` as a child process, so its CPU time
-//! and memory can be read on their own from /proc.
+//! and memory can be read on their own from /proc. Any `hookline` binary will
+//! do: a baseline build and a new one are measured the same way.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
@@ -13,6 +17,8 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// What a restarted server needs to find the same data.
 pub struct RunDir {
+    /// The `hookline` binary, so a restart runs the same build.
+    server_bin: PathBuf,
     /// Holds the temp SQLite file, if the bench made one; deleted on drop.
     _dir: Option<tempfile::TempDir>,
     database_url: String,
@@ -27,9 +33,40 @@ pub struct ServerUnderTest {
     run: RunDir,
 }
 
+/// 32 random bytes in base64: the form `hookline serve` takes for `--secret-key`.
+fn random_key() -> String {
+    STANDARD.encode(rand::random::<[u8; 32]>())
+}
+
+/// The binary given with --server-bin, or else the `hookline` in this
+/// executable's directory: `cargo build` puts both in the same target dir.
+fn server_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        anyhow::ensure!(path.is_file(), "--server-bin {}: no such file", path.display());
+        return Ok(path.to_owned());
+    }
+    let beside = std::env::current_exe()
+        .context("finding this executable's directory")?
+        .with_file_name(format!("hookline{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        beside.is_file(),
+        "no hookline binary at {}, beside this executable: build it first (`cargo build --release` for a \
+         release run, `cargo build` for a debug one), or name one with --server-bin PATH",
+        beside.display()
+    );
+    Ok(beside)
+}
+
 impl ServerUnderTest {
-    /// Starts a server on `database_url`, or on a fresh temp SQLite file.
-    pub async fn start(database_url: Option<&str>, role: &str, extra: &[String]) -> anyhow::Result<Self> {
+    /// Starts `server_bin` (or the `hookline` beside this executable) on
+    /// `database_url`, or on a fresh temp SQLite file.
+    pub async fn start(
+        server_bin: Option<&Path>,
+        database_url: Option<&str>,
+        role: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let server_bin = server_binary(server_bin)?;
         let (dir, database_url) = match database_url {
             Some(url) => (None, url.to_owned()),
             None => {
@@ -39,18 +76,18 @@ impl ServerUnderTest {
             }
         };
         let run = RunDir {
+            server_bin,
             _dir: dir,
             database_url,
-            secret_key: crate::vault::Vault::generate_key(),
-            admin_token: format!("bench-{}", crate::vault::Vault::generate_key()),
+            secret_key: random_key(),
+            admin_token: format!("bench-{}", random_key()),
         };
         Self::restart(run, role, extra).await
     }
 
     /// Starts a server on the data of a previous one.
     pub async fn restart(run: RunDir, role: &str, extra: &[String]) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("finding the hookline binary")?;
-        let mut child = Command::new(exe)
+        let mut child = Command::new(&run.server_bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--role", role, "--allow-target-cidr", "127.0.0.1/32"])
             .args(["--database-url", &run.database_url])
             .args(extra)
@@ -63,7 +100,7 @@ impl ServerUnderTest {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .context("starting hookline serve")?;
+            .with_context(|| format!("starting {} serve", run.server_bin.display()))?;
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
         let base = loop {
             let Some(line) = lines.next_line().await? else {

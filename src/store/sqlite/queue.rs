@@ -1,0 +1,294 @@
+//! The queue's statements in SQLite: ingest (the event, its deliveries and
+//! the idempotency key), claim, complete, release, manual retry, queue counts
+//! and pruning.
+//!
+//! Every write here runs inside the writer's group transaction (see
+//! `writer.rs`), which is what makes an ingest's rows commit together and
+//! what serializes claims: with one writer, no two claims can lease the same
+//! delivery, so no `SKIP LOCKED` is needed.
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::crud::get_log_row;
+use super::db_err;
+use crate::domain::{DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId};
+use crate::store::{
+    Claimed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken, NewEvent,
+    QueueStats, Receipt, Result, Retried,
+};
+
+/// The answer ingest gave for this event: its deliveries, all pending as they
+/// were when it was accepted.
+fn receipt_of(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<Receipt>> {
+    let head = conn
+        .prepare_cached("SELECT event_name, created_at FROM events WHERE id = ?1")?
+        .query_row([event_id], |r| Ok((r.get::<_, EventName>(0)?, r.get::<_, i64>(1)?)))
+        .optional()?;
+    let Some((event_name, created_at)) = head else { return Ok(None) };
+    let deliveries = conn
+        .prepare_cached("SELECT id, webhook_id FROM webhook_logs WHERE event_id = ?1 ORDER BY id")?
+        .query_map([event_id], |r| {
+            Ok(DeliverySummary {
+                id: DeliveryId::from_trusted(r.get(0)?),
+                webhook_id: WebhookId::from_trusted(r.get(1)?),
+                status: DeliveryStatus::Pending,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(Receipt { event_id: EventId::from_trusted(event_id.to_owned()), event_name, created_at, deliveries }))
+}
+
+/// Commits the event, its pending deliveries and the idempotency key (in the
+/// caller's transaction).
+pub(super) fn ingest(conn: &Connection, e: &NewEvent) -> Result<Ingested> {
+    ingest_in_tx(conn, e).map_err(db_err)
+}
+
+fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
+    if let Some(idem) = &e.idempotency {
+        let seen = conn
+            .prepare_cached(
+                "SELECT fingerprint, event_id, created_at FROM idempotency_keys WHERE project_id = ?1 AND key = ?2",
+            )?
+            .query_row(params![e.project_id.as_str(), idem.key], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
+            .optional()?;
+        if let Some((fingerprint, event_id, at)) = seen {
+            if at > e.created_at - IDEMPOTENCY_WINDOW_MS {
+                if fingerprint != idem.fingerprint {
+                    return Ok(Ingested::KeyReused);
+                }
+                if let Some(receipt) = receipt_of(conn, &event_id)? {
+                    return Ok(Ingested::Replayed(receipt));
+                }
+            }
+            conn.prepare_cached("DELETE FROM idempotency_keys WHERE project_id = ?1 AND key = ?2")?
+                .execute(params![e.project_id.as_str(), idem.key])?;
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO events (id, project_id, event_name, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![e.id.as_str(), e.project_id.as_str(), e.name.as_str(), e.data.as_json(), e.created_at])?;
+    let hooks = conn
+        .prepare_cached(
+            "SELECT id, target_url FROM project_webhooks WHERE project_id = ?1 AND event = ?2 AND is_active = 1 ORDER BY id",
+        )?
+        .query_map(params![e.project_id.as_str(), e.name.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, TargetUrl>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut deliveries = Vec::with_capacity(hooks.len());
+    let mut targets = Vec::with_capacity(hooks.len());
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO webhook_logs (id, project_id, event, event_id, webhook_id, target_url, status, attempts, \
+         next_attempt_at, lease_token, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?9, ?9)",
+    )?;
+    // Leased deliveries are due when their lease runs out, as if claimed.
+    let due_at = e.lease.map_or(e.created_at, |l| l.until);
+    for (webhook_id, target_url) in hooks {
+        let id = DeliveryId::generate();
+        insert.execute(params![
+            id.as_str(),
+            e.project_id.as_str(),
+            e.name.as_str(),
+            e.id.as_str(),
+            webhook_id,
+            &target_url,
+            due_at,
+            e.lease.map(|l| l.token),
+            e.created_at
+        ])?;
+        let webhook_id = WebhookId::from_trusted(webhook_id);
+        targets.push(target_url);
+        deliveries.push(DeliverySummary { id, webhook_id, status: DeliveryStatus::Pending });
+    }
+    if let Some(idem) = &e.idempotency {
+        conn.prepare_cached(
+            "INSERT INTO idempotency_keys (project_id, key, fingerprint, event_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![e.project_id.as_str(), idem.key, &idem.fingerprint[..], e.id.as_str(), e.created_at])?;
+    }
+    let receipt = Receipt { event_id: e.id.clone(), event_name: e.name.clone(), created_at: e.created_at, deliveries };
+    Ok(Ingested::Created { receipt, targets })
+}
+
+pub(super) fn retry_delivery(conn: &Connection, project: &ProjectId, id: &DeliveryId, now: UnixMs) -> Result<Retried> {
+    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
+    let changed = conn
+        .prepare_cached(
+            "UPDATE webhook_logs SET status = 'pending', next_attempt_at = ?1, lease_token = NULL, updated_at = ?1 \
+             WHERE id = ?2 AND project_id = ?3 \
+             AND NOT (status = 'pending' AND (next_attempt_at <= ?1 OR lease_token IS NOT NULL))",
+        )
+        .and_then(|mut s| s.execute(params![now, id.as_str(), project.as_str()]))
+        .map_err(db_err)?;
+    Ok(match get_log_row(conn, project, id).map_err(db_err)? {
+        Some(log) if changed > 0 => Retried::Due(log),
+        Some(_) => Retried::Busy,
+        None => Retried::NotFound,
+    })
+}
+
+/// Leases up to `limit` due deliveries to `lease` until `lease_until`.
+pub(super) fn claim(
+    conn: &Connection,
+    lease: LeaseToken,
+    now: UnixMs,
+    lease_until: UnixMs,
+    limit: u32,
+) -> Result<Vec<Claimed>> {
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "UPDATE webhook_logs SET lease_token = ?1, next_attempt_at = ?2 WHERE id IN \
+             (SELECT id FROM webhook_logs WHERE status = 'pending' AND next_attempt_at <= ?3 \
+              ORDER BY next_attempt_at LIMIT ?4) RETURNING id",
+        )
+        .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit], |r| r.get(0))?.collect())
+        .map_err(db_err)?;
+    let mut details = conn
+        .prepare_cached(
+            "SELECT l.project_id, l.event_id, e.event_name, e.created_at, e.data, l.webhook_id, \
+             w.target_url, w.is_active, l.attempts FROM webhook_logs l JOIN events e ON e.id = l.event_id \
+             LEFT JOIN project_webhooks w ON w.id = l.webhook_id WHERE l.id = ?1",
+        )
+        .map_err(db_err)?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let c = details
+            .query_row([&id], |r| {
+                let url: Option<TargetUrl> = r.get(6)?;
+                let active: Option<bool> = r.get(7)?;
+                Ok(Claimed {
+                    id: DeliveryId::from_trusted(id.clone()),
+                    lease,
+                    lease_until,
+                    project_id: ProjectId::from_trusted(r.get(0)?),
+                    event_id: EventId::from_trusted(r.get(1)?),
+                    event_name: r.get(2)?,
+                    event_created_at: r.get(3)?,
+                    data: EventData::from_trusted(r.get(4)?),
+                    webhook_id: WebhookId::from_trusted(r.get(5)?),
+                    webhook: url.zip(active),
+                    attempts: r.get(8)?,
+                })
+            })
+            .map_err(db_err)?;
+        claimed.push(c);
+    }
+    Ok(claimed)
+}
+
+/// Records results; each applies only if its lease is still current.
+pub(super) fn complete(conn: &Connection, done: &[Completion], now: UnixMs) -> Result<usize> {
+    let mut applied = 0;
+    for c in done {
+        applied += usize::from(complete_one(conn, c, now).map_err(db_err)?);
+    }
+    Ok(applied)
+}
+
+fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
+    let (status, next_attempt_at) = c.next.columns();
+    let counted = i64::from(c.attempt.is_some());
+    let code = c.attempt.as_ref().and_then(|a| a.response_code);
+    let changed = conn
+        .prepare_cached(
+            "UPDATE webhook_logs SET status = ?1, next_attempt_at = ?2, response_code = COALESCE(?3, response_code), \
+             attempts = attempts + ?4, last_error = ?5, lease_token = NULL, updated_at = ?6, \
+             target_url = COALESCE(?9, target_url) WHERE id = ?7 AND lease_token = ?8",
+        )?
+        .execute(params![
+            status,
+            next_attempt_at,
+            code,
+            counted,
+            c.last_error,
+            now,
+            c.id.as_str(),
+            c.lease,
+            c.target_url
+        ])?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    if let Some(a) = &c.attempt {
+        conn.prepare_cached(
+            "INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_ms, response_code, error_class, \
+             error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            c.id.as_str(),
+            a.number,
+            a.started_at,
+            a.duration_ms,
+            a.response_code,
+            a.error_class,
+            a.error,
+            a.response_body
+        ])?;
+    }
+    if c.deactivate_webhook {
+        conn.prepare_cached(
+            "UPDATE project_webhooks SET is_active = 0, updated_at = ?1 \
+             WHERE id = (SELECT webhook_id FROM webhook_logs WHERE id = ?2)",
+        )?
+        .execute(params![now, c.id.as_str()])?;
+    }
+    Ok(true)
+}
+
+/// Gives deliveries back unattempted, due at `due_at`.
+pub(super) fn release(conn: &Connection, held: &[(DeliveryId, LeaseToken)], due_at: UnixMs) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE webhook_logs SET lease_token = NULL, next_attempt_at = ?1 WHERE id = ?2 AND lease_token = ?3",
+        )
+        .map_err(db_err)?;
+    for (id, lease) in held {
+        stmt.execute(params![due_at, id.as_str(), lease]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+pub(super) fn prune(conn: &Connection, before: UnixMs, now: UnixMs, batch: u32) -> Result<u64> {
+    conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")
+        .and_then(|mut s| s.execute([now - IDEMPOTENCY_WINDOW_MS]))
+        .map_err(db_err)?;
+    // Rotated-out secrets past their overlap sign nothing any more.
+    conn.prepare_cached("DELETE FROM signing_secrets WHERE expires_at <= ?1")
+        .and_then(|mut s| s.execute([now]))
+        .map_err(db_err)?;
+    // Event ids start with their creation time, so "older than" is an id range.
+    conn.prepare_cached(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE id < ?1 AND NOT EXISTS \
+         (SELECT 1 FROM webhook_logs l WHERE l.event_id = e.id AND l.status = 'pending') LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![EventId::first_at(before).as_str(), batch]))
+    .map(|n| n as u64)
+    .map_err(db_err)
+}
+
+pub(super) fn queue_stats(conn: &Connection, now: UnixMs) -> Result<QueueStats> {
+    conn.prepare_cached(
+        // A claim pushes next_attempt_at to the lease's expiry, so a
+        // row whose lease expired is due again (and claimable), and a
+        // leased row is one whose lease has not expired yet.
+        "SELECT COUNT(*), COALESCE(SUM(next_attempt_at <= ?1), 0), \
+         COALESCE(SUM(lease_token IS NOT NULL AND next_attempt_at > ?1), 0), MIN(created_at) \
+         FROM webhook_logs WHERE status = 'pending'",
+    )
+    .and_then(|mut s| {
+        s.query_row([now], |r| {
+            Ok(QueueStats {
+                pending: r.get::<_, i64>(0)? as u64,
+                due: r.get::<_, i64>(1)? as u64,
+                leased: r.get::<_, i64>(2)? as u64,
+                oldest_pending_created_at: r.get(3)?,
+            })
+        })
+    })
+    .map_err(db_err)
+}
