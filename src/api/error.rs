@@ -49,6 +49,11 @@ pub enum ApiError {
     /// rule of the schema (a foreign key or CHECK constraint); its name is logged.
     #[error("the change refers to an object that does not exist or breaks a rule of the schema")]
     ConstraintViolated { constraint: String },
+    /// 422: the project has `--max-webhooks-per-project` webhooks already.
+    #[error(
+        "the project has {limit} webhooks, the most it may have (--max-webhooks-per-project); delete one to add another"
+    )]
+    WebhookLimitReached { limit: u32 },
     /// 422: an `Idempotency-Key` reused for a different request.
     #[error("this Idempotency-Key was already used for a different request in the last 24 hours")]
     IdempotencyKeyReused,
@@ -85,9 +90,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict { .. } | Self::DeliveryBusy => StatusCode::CONFLICT,
-            Self::Validation(_) | Self::ConstraintViolated { .. } | Self::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::Validation(_)
+            | Self::ConstraintViolated { .. }
+            | Self::WebhookLimitReached { .. }
+            | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -107,6 +113,7 @@ impl ApiError {
             Self::DeliveryBusy => "delivery-busy",
             Self::ConstraintViolated { .. } => "constraint-violated",
             Self::Validation(_) => "validation",
+            Self::WebhookLimitReached { .. } => "webhook-limit-reached",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Unavailable(_) => "unavailable",
             Self::Overloaded => "overloaded",

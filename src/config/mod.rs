@@ -263,6 +263,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKLINE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
+    /// Webhooks a project may have, active or not; creating one more is a 422.
+    #[arg(long, env = "HOOKLINE_MAX_WEBHOOKS_PER_PROJECT", default_value_t = 100)]
+    pub max_webhooks_per_project: u32,
+
     /// After a rotation, how long the previous signing secret keeps signing too.
     #[arg(long, env = "HOOKLINE_SECRET_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration)]
     pub secret_overlap: Duration,
@@ -310,6 +314,9 @@ pub struct HttpSettings {
 pub struct ApiSettings {
     pub catalog: Arc<Catalog>,
     pub max_data_bytes: usize,
+    /// Each webhook is a delivery per event and a row to keep: a project
+    /// cannot make one event fan out without bound.
+    pub max_webhooks_per_project: u32,
     /// `None` turns the admin routes off (404).
     pub admin_token: Option<Sensitive>,
     /// How long a rotated-out signing secret keeps signing.
@@ -417,6 +424,7 @@ impl Settings {
         ensure_valid(!a.breaker_cooldown.is_zero(), "breaker-cooldown", || "must be positive".into())?;
         ensure_valid(!a.client_timeout.is_zero(), "client-timeout", || "must be positive".into())?;
         ensure_valid(a.max_connections >= 1, "max-connections", || "must be at least 1".into())?;
+        ensure_valid(a.max_webhooks_per_project >= 1, "max-webhooks-per-project", || "must be at least 1".into())?;
         ensure_valid(a.lease > a.request_timeout + a.connect_timeout, "lease", || {
             format!(
                 "({}) must be longer than --request-timeout plus --connect-timeout, or a slow delivery would be taken over while still running",
@@ -449,6 +457,7 @@ impl Settings {
             api: ApiSettings {
                 catalog: Arc::new(catalog),
                 max_data_bytes: a.max_data_bytes,
+                max_webhooks_per_project: a.max_webhooks_per_project,
                 admin_token: a.admin_token,
                 secret_overlap: a.secret_overlap,
                 ssrf: ssrf.clone(),
@@ -519,6 +528,7 @@ mod tests {
         assert!(err(&["--prune-interval", "0s"]).contains("--prune-interval"));
         assert!(err(&["--client-timeout", "0s"]).contains("--client-timeout"));
         assert!(err(&["--max-connections", "0"]).contains("--max-connections"));
+        assert!(err(&["--max-webhooks-per-project", "0"]).contains("--max-webhooks-per-project"));
     }
 
     #[test]

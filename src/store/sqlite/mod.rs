@@ -214,8 +214,8 @@ impl Backend for SqliteStore {
         self.write(move |conn| crud::rotate_secret(conn, &project, &sealed, now, overlap_until)).await
     }
 
-    async fn create_webhook(&self, w: Webhook) -> Result<()> {
-        self.write(move |conn| crud::create_webhook(conn, &w)).await
+    async fn create_webhook(&self, w: Webhook, limit: u32) -> Result<WebhookCreation> {
+        self.write(move |conn| crud::create_webhook(conn, &w, limit)).await
     }
 
     async fn list_webhooks(&self, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
