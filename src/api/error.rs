@@ -212,6 +212,27 @@ pub mod responses {
     #[derive(ToResponse)]
     #[response(content_type = "application/problem+json")]
     pub struct Unavailable(Problem);
+
+    /// The request, head and body, did not arrive within the server's
+    /// `--client-timeout` (30 s by default); the connection is closed.
+    #[derive(ToResponse)]
+    #[response(
+        content_type = "application/problem+json",
+        headers(("Connection" = String, description = "`close`"))
+    )]
+    pub struct RequestTimeout(Problem);
+
+    /// The server has as many connections open as it serves at once
+    /// (`--max-connections`); this one is closed. Retry after `Retry-After` seconds.
+    #[derive(ToResponse)]
+    #[response(
+        content_type = "application/problem+json",
+        headers(
+            ("Retry-After" = String, description = "Seconds to wait before retrying"),
+            ("Connection" = String, description = "`close`"),
+        )
+    )]
+    pub struct Overloaded(Problem);
 }
 
 impl ApiError {
