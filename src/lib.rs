@@ -11,8 +11,9 @@
 //! # Layout
 //!
 //! Data flows one way: request → [`api`] (parse into [`domain`] types) →
-//! [`store`] (one transaction) → worker wakes → [`delivery`] (claim, [`signing`],
-//! send through [`ssrf`]-checked connections) → [`store`] (record the attempt).
+//! [`queue`] (one transaction in the [`store`], then hand over) → [`delivery`]
+//! (the scheduler picks, [`signing`], send through [`ssrf`]-checked connections)
+//! → [`queue`] (record the attempt, decide what is next).
 //!
 //! - [`cli`], [`config`]: the command line and the one checked [`config::Settings`]
 //!   (flags > `HOOKLINE_*` variables > TOML file > defaults), passed down in parts.
@@ -23,7 +24,9 @@
 //!   schedule. Pure types, no I/O.
 //! - [`api`]: axum routes, one module per resource; problem+json errors.
 //! - [`queue`]: the outbox path: enqueue (commit, then hand over in memory),
-//!   claim, complete, manual retry.
+//!   claim, complete, manual retry; which delivery starts next
+//!   ([`queue::schedule`]: fairness, per-target limits, rate limits) and the
+//!   circuit breaker per target ([`queue::breaker`]).
 //! - [`store`]: the only SQL; the [`store::Backend`] contract, its model types
 //!   and errors, and one folder per backend:
 //!   - [`store::sqlite`]: the writer thread (group commit), queue statements,

@@ -9,6 +9,9 @@
 //! check and connect (rebinding) cannot slip through. IP-literal hosts never
 //! reach a resolver and are judged here too.
 //!
+//! Names are looked up by a [`Resolver`], which bounds both how long one lookup
+//! is waited for and how many run at once (see there why both).
+//!
 //! Rules, in order:
 //! 1. An address inside an `--allow-target-cidr` range is allowed, over http or https.
 //! 2. With `--dev`, loopback is allowed and http is allowed.
@@ -16,12 +19,21 @@
 //!    is every address of a host if one of its addresses is.
 //! 4. Anything else is a public address, allowed over https only.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::LazyLock;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use tokio::sync::Semaphore;
 use url::Host;
+
+/// Most name lookups running at once in the process. A lookup is a blocking
+/// `getaddrinfo` call on a thread of tokio's blocking pool, and a hung
+/// resolver holds that thread long after the lookup's timeout. Healthy lookups
+/// take milliseconds, so this many is plenty; it bounds the threads a hung
+/// resolver can pin, far below the pool's own limit (512) that file and
+/// SQLite work also draw on.
+pub const MAX_CONCURRENT_LOOKUPS: usize = 64;
 
 /// What the operator allowed.
 #[derive(Debug, Clone)]
@@ -60,6 +72,70 @@ impl Refusal {
     }
 }
 
+/// A blocking name lookup, as `getaddrinfo` does it.
+pub type LookupFn = dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync;
+
+/// Name lookups with a bound on how many run at once.
+///
+/// A lookup runs on a blocking thread, which a timeout cannot stop: only the
+/// waiting ends. So the permit of a lookup is held by the blocking call itself
+/// and released when that call really returns; when every permit is held by
+/// hung lookups, new ones wait (within their timeout) instead of pinning more
+/// threads, and fail as DNS errors.
+pub struct Resolver {
+    lookup: Arc<LookupFn>,
+    permits: Arc<Semaphore>,
+}
+
+/// The process's resolver: one bound for every lookup, whoever asks.
+static SYSTEM: LazyLock<Arc<Resolver>> =
+    LazyLock::new(|| Arc::new(Resolver::with_lookup(MAX_CONCURRENT_LOOKUPS, system_lookup)));
+
+fn system_lookup(name: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok((name, port).to_socket_addrs()?.collect())
+}
+
+impl Resolver {
+    /// The system resolver (`getaddrinfo`), shared by the whole process.
+    pub fn system() -> Arc<Resolver> {
+        SYSTEM.clone()
+    }
+
+    /// A resolver that looks names up with `lookup` (tests: canned or hung
+    /// answers), at most `max_concurrent` at once.
+    pub fn with_lookup(
+        max_concurrent: usize,
+        lookup: impl Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        Self { lookup: Arc::new(lookup), permits: Arc::new(Semaphore::new(max_concurrent)) }
+    }
+
+    /// Looks `name` up within `timeout`, waiting for a free permit included.
+    async fn lookup(&self, name: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let permit = tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| "too many lookups in progress".to_owned())?
+            .expect("the semaphore is never closed");
+        let (lookup, name) = (self.lookup.clone(), name.to_owned());
+        let blocking = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            lookup(&name, port)
+        });
+        match tokio::time::timeout_at(deadline, blocking).await {
+            Err(_) => Err("timed out".into()),
+            Ok(Err(e)) => Err(format!("the lookup failed: {e}")),
+            Ok(Ok(found)) => found.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Permits not held by a running lookup.
+    #[cfg(test)]
+    fn free_permits(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
 impl Policy {
     /// Judges one address for a URL of the given scheme.
     pub fn check_ip(&self, ip: IpAddr, https: bool) -> Result<(), Refusal> {
@@ -79,18 +155,25 @@ impl Policy {
 
     /// The addresses a request to `host:port` may connect to: every address the
     /// host resolves to, each checked; one blocked address refuses them all.
+    /// Names are looked up by the process's [`Resolver::system`].
     pub async fn resolve(&self, host: &Host<&str>, port: u16, https: bool) -> Result<Vec<SocketAddr>, Refusal> {
+        self.resolve_with(&SYSTEM, host, port, https).await
+    }
+
+    /// [`Self::resolve`] with names looked up by `resolver`.
+    pub async fn resolve_with(
+        &self,
+        resolver: &Resolver,
+        host: &Host<&str>,
+        port: u16,
+        https: bool,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
         let addrs: Vec<SocketAddr> = match host {
             Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
             Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
             Host::Domain(name) => {
                 let dns_error = |reason: String| Refusal::Dns { host: (*name).to_owned(), reason };
-                let lookup = tokio::net::lookup_host((*name, port));
-                let found = tokio::time::timeout(self.dns_timeout, lookup)
-                    .await
-                    .map_err(|_| dns_error("timed out".into()))?
-                    .map_err(|e| dns_error(e.to_string()))?;
-                let addrs: Vec<SocketAddr> = found.collect();
+                let addrs = resolver.lookup(name, port, self.dns_timeout).await.map_err(dns_error)?;
                 if addrs.is_empty() {
                     return Err(dns_error("no address".into()));
                 }
@@ -364,6 +447,53 @@ mod tests {
         let got = p.resolve(&Host::Domain("localhost"), 443, true).await;
         assert_eq!(got, Err(Refusal::NameBlocked { host: "localhost".into(), range: "loopback" }));
         assert_eq!(got.unwrap_err().to_string(), "target host localhost resolves to a loopback address");
+    }
+
+    /// A lookup that hangs until told to answer, as a dead resolver does.
+    fn hung_lookup() -> (Resolver, std::sync::mpsc::Sender<()>) {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let resolver = Resolver::with_lookup(1, move |_, port| {
+            let _ = released.lock().unwrap().recv();
+            Ok(vec![SocketAddr::new(ip("93.184.215.14"), port)])
+        });
+        (resolver, release)
+    }
+
+    #[tokio::test]
+    async fn a_hung_lookup_holds_its_permit_until_it_really_ends() {
+        let (resolver, release) = hung_lookup();
+        let p = Policy { dns_timeout: Duration::from_millis(100), ..policy(false, &[]) };
+        let host = Host::Domain("hangs.example");
+
+        let first = p.resolve_with(&resolver, &host, 443, true).await;
+        assert!(matches!(&first, Err(Refusal::Dns { reason, .. }) if reason == "timed out"), "{first:?}");
+        assert_eq!(resolver.free_permits(), 0, "the timed-out lookup still runs");
+
+        // No permit is free: the next lookup waits its timeout and fails as DNS, starting no thread.
+        let second = p.resolve_with(&resolver, &host, 443, true).await;
+        assert!(
+            matches!(&second, Err(e @ Refusal::Dns { reason, .. }) if reason == "too many lookups in progress" && e.class() == "dns"),
+            "{second:?}"
+        );
+
+        // The hung lookup ends: its permit is free again and lookups work.
+        release.send(()).unwrap();
+        while resolver.free_permits() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        release.send(()).unwrap();
+        let third = p.resolve_with(&resolver, &host, 443, true).await;
+        assert_eq!(third, Ok(vec!["93.184.215.14:443".parse().unwrap()]));
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_a_blocked_address_are_refused_whatever_the_resolver() {
+        let resolver = Resolver::with_lookup(4, |_, port| {
+            Ok(vec![SocketAddr::new(ip("93.184.215.14"), port), SocketAddr::new(ip("10.0.0.7"), port)])
+        });
+        let got = policy(false, &[]).resolve_with(&resolver, &Host::Domain("mixed.example"), 443, true).await;
+        assert_eq!(got, Err(Refusal::NameBlocked { host: "mixed.example".into(), range: "private" }));
     }
 
     #[tokio::test]

@@ -59,8 +59,11 @@ pub fn init(format: LogFormat) {
 }
 
 /// Buckets of `hookline_delivery_attempt_duration_seconds`: from a fast local
-/// receiver to the 15 s request timeout.
-const ATTEMPT_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0];
+/// receiver to past the request timeout. An attempt that times out lasts a
+/// little longer than the timeout (15 s by default, configurable), so buckets
+/// reach beyond it: otherwise every timeout would land in `+Inf` only.
+const ATTEMPT_BUCKETS: [f64; 16] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0];
 
 /// Buckets of `hookline_sqlite_group_writes`: writes that shared one commit.
 const GROUP_WRITES_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
@@ -77,18 +80,7 @@ static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandl
 /// they all share this one.
 pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     METRICS.get_or_init(|| {
-        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full("hookline_delivery_attempt_duration_seconds".to_owned()),
-                &ATTEMPT_BUCKETS,
-            )
-            .expect("the buckets are not empty")
-            .set_buckets_for_metric(Matcher::Full("hookline_sqlite_group_writes".to_owned()), &GROUP_WRITES_BUCKETS)
-            .expect("the buckets are not empty")
-            .set_buckets_for_metric(Matcher::Full("hookline_sqlite_group_seconds".to_owned()), &GROUP_SECONDS_BUCKETS)
-            .expect("the buckets are not empty")
-            .build_recorder();
+        let recorder = recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder was installed first; /metrics will be empty");
@@ -104,6 +96,22 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         });
         handle
     })
+}
+
+/// The Prometheus recorder with hookline's histogram buckets.
+fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("hookline_delivery_attempt_duration_seconds".to_owned()),
+            &ATTEMPT_BUCKETS,
+        )
+        .expect("the buckets are not empty")
+        .set_buckets_for_metric(Matcher::Full("hookline_sqlite_group_writes".to_owned()), &GROUP_WRITES_BUCKETS)
+        .expect("the buckets are not empty")
+        .set_buckets_for_metric(Matcher::Full("hookline_sqlite_group_seconds".to_owned()), &GROUP_SECONDS_BUCKETS)
+        .expect("the buckets are not empty")
+        .build_recorder()
 }
 
 fn describe_metrics() {
@@ -144,6 +152,26 @@ fn describe_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attempt_that_ran_into_the_request_timeout_lands_in_a_bucket_of_its_own() {
+        let recorder = recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            // Timed out at the default 15 s request timeout, plus the time to notice.
+            metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(15.02);
+        });
+        let text = handle.render();
+        let bucket = |le: &str| {
+            let prefix = format!("hookline_delivery_attempt_duration_seconds_bucket{{le=\"{le}\"}} ");
+            let line =
+                text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no bucket {le}:\n{text}"));
+            line[prefix.len()..].parse::<u64>().unwrap()
+        };
+        assert_eq!(bucket("15"), 0);
+        assert_eq!(bucket("20"), 1, "a bucket above 15 s holds the timeout");
+        assert_eq!(bucket("+Inf"), 1);
+    }
 
     #[test]
     fn protocol_crates_are_held_at_info_and_ours_are_not() {

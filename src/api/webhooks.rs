@@ -34,10 +34,28 @@ pub struct CreateWebhook {
     #[serde(default = "default_active")]
     #[schema(default = true)]
     pub is_active: bool,
+    /// Most deliveries per second to this webhook, across all workers
+    /// (requests are spaced at least `1/rate_limit` s apart); `null` for none.
+    /// Deliveries held back by it wait; they never fail because of it.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub rate_limit: Option<u32>,
 }
 
 fn default_active() -> bool {
     true
+}
+
+/// For PATCH: an absent field stays `None`, a `null` one becomes `Some(None)`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn check_rate_limit(rate_limit: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match rate_limit {
+        Some(0) => Err(ApiError::invalid("rate_limit", "must be at least 1 (or null for no limit)")),
+        other => Ok(other),
+    }
 }
 
 /// The fields to change; absent ones stay as they are.
@@ -47,6 +65,10 @@ pub struct UpdateWebhook {
     pub event: Option<String>,
     pub target_url: Option<String>,
     pub is_active: Option<bool>,
+    /// Absent: unchanged; `null`: no limit; an integer ≥ 1: the new limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    pub rate_limit: Option<Option<u32>>,
 }
 
 /// A webhook endpoint of the project.
@@ -62,6 +84,8 @@ pub struct WebhookView {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub updated_at: String,
+    /// Most deliveries per second; `null` for no limit.
+    pub rate_limit: Option<u32>,
 }
 
 impl From<Webhook> for WebhookView {
@@ -73,6 +97,7 @@ impl From<Webhook> for WebhookView {
             is_active: w.is_active,
             created_at: to_rfc3339(w.created_at),
             updated_at: to_rfc3339(w.updated_at),
+            rate_limit: w.rate_limit,
         }
     }
 }
@@ -117,6 +142,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let event = parse_event(&app, &body.event)?;
     let url = vet_target(&app, &body.target_url).await?;
+    let rate_limit = check_rate_limit(body.rate_limit)?;
     let now = now_ms();
     let webhook = Webhook {
         id: WebhookId::generate(),
@@ -126,6 +152,7 @@ async fn create(
         is_active: body.is_active,
         created_at: now,
         updated_at: now,
+        rate_limit,
     };
     let limit = app.settings.max_webhooks_per_project;
     if app.store.create_webhook(webhook.clone(), limit).await? == WebhookCreation::LimitReached {
@@ -217,7 +244,8 @@ async fn update(
         Some(raw) => Some(vet_target(&app, raw).await?),
         None => None,
     };
-    let patch = WebhookPatch { event, target_url, is_active: body.is_active };
+    let rate_limit = body.rate_limit.map(check_rate_limit).transpose()?;
+    let patch = WebhookPatch { event, target_url, is_active: body.is_active, rate_limit };
     let hook = app.store.update_webhook(project, id, patch, now_ms()).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(hook.into()))
 }

@@ -28,8 +28,15 @@ const MAX_HEADERS: usize = 100;
 /// longer body is not read on and the connection is closed instead. SPEC §5:
 /// response bodies are not read past the kept prefix.
 pub const DRAIN_LIMIT: u64 = KEPT_BODY_BYTES as u64 + 64;
-/// The longest chunk-size or trailer line accepted in a chunked body.
+/// The longest chunk-size or trailer line accepted in a chunked body, CRLF
+/// included.
 const LINE_LIMIT: usize = 4 * 1024;
+/// The most bytes of a body (its framing included) read for its prefix. A
+/// plain body fills the prefix within its first [`KEPT_BODY_BYTES`], a chunked
+/// one a little later; this bounds hostile framing (one-byte chunks with long
+/// extensions). The kept prefix is what the body's first `BODY_READ_LIMIT`
+/// bytes hold, however the bytes arrive.
+const BODY_READ_LIMIT: usize = 4 * LINE_LIMIT;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -127,9 +134,16 @@ pub async fn read_response<R: AsyncRead + Unpin>(
     // linear time, not quadratic. Bytes first read are always parsed, so
     // garbage is refused at once.
     let mut scanned: usize = 0;
+    let too_large = || ResponseError::Protocol(format!("the response head is larger than {} KiB", MAX_HEAD / 1024));
     let head = loop {
         if scanned == 0 || has_blank_line(&buf[scanned.saturating_sub(2)..]) {
-            match parse_head(buf).map_err(ResponseError::Protocol)? {
+            let parsed = parse_head(buf).map_err(ResponseError::Protocol)?;
+            // Checked on complete heads too, so that the bound does not
+            // depend on how much of a head arrived in one read.
+            if parsed.as_ref().is_some_and(|(len, _)| interim_bytes + len > MAX_HEAD) {
+                return Err(too_large());
+            }
+            match parsed {
                 Some((len, Parsed::Interim)) => {
                     buf.advance(len);
                     interim_bytes += len;
@@ -144,10 +158,13 @@ pub async fn read_response<R: AsyncRead + Unpin>(
             }
         }
         if interim_bytes + buf.len() >= MAX_HEAD {
-            return Err(ResponseError::Protocol(format!("the response head is larger than {} KiB", MAX_HEAD / 1024)));
+            return Err(too_large());
         }
         scanned = buf.len();
         let Ok(filled) = tokio::time::timeout_at(deadline, fill(io, buf)).await else {
+            // Bytes that are no head are refused as such, not waited on,
+            // however slowly they came (they were not all parsed yet).
+            parse_head(buf).map_err(ResponseError::Protocol)?;
             return Err(ResponseError::TimedOut);
         };
         match filled {
@@ -311,63 +328,72 @@ impl Decoder {
         }
     }
 
-    /// Consumes what it can from `buf`.
-    fn decode(&mut self, buf: &mut BytesMut, body: &mut Prefix) -> Step {
+    /// Consumes what it can from `buf`; returns how far it got and how many
+    /// bytes of `buf` it consumed.
+    fn decode(&mut self, buf: &[u8], body: &mut Prefix) -> (Step, usize) {
+        let mut at = 0;
         loop {
+            let rest = &buf[at..];
             match self {
                 Decoder::Length(left) | Decoder::ChunkData(left) => {
-                    let take = (*left).min(buf.len() as u64) as usize;
-                    body.keep(&buf[..take]);
-                    buf.advance(take);
+                    let take = (*left).min(rest.len() as u64) as usize;
+                    body.keep(&rest[..take]);
+                    at += take;
                     *left -= take as u64;
                     match self {
-                        Decoder::Length(0) => return Step::Done,
+                        Decoder::Length(0) => return (Step::Done, at),
                         Decoder::ChunkData(0) => *self = Decoder::ChunkEnd,
-                        _ => return Step::NeedMore,
+                        _ => return (Step::NeedMore, at),
                     }
                 }
-                Decoder::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((len, size))) => {
-                        buf.advance(len);
+                // A size is one hex digit or more (RFC 9112 §7.1); httparse
+                // reads an empty one as 0, which would end the body where the
+                // receiver may not have meant it to.
+                Decoder::ChunkSize if rest.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                    return (Step::Invalid, at);
+                }
+                Decoder::ChunkSize => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((len, size))) if len <= LINE_LIMIT => {
+                        at += len;
                         *self = if size == 0 { Decoder::Trailers } else { Decoder::ChunkData(size) };
                     }
-                    Ok(httparse::Status::Partial) if buf.len() < LINE_LIMIT => return Step::NeedMore,
-                    _ => return Step::Invalid,
+                    Ok(httparse::Status::Partial) if rest.len() < LINE_LIMIT => return (Step::NeedMore, at),
+                    _ => return (Step::Invalid, at),
                 },
-                Decoder::ChunkEnd => match buf.get(..2) {
-                    None => return Step::NeedMore,
+                Decoder::ChunkEnd => match rest.get(..2) {
+                    None => return (Step::NeedMore, at),
                     Some(b"\r\n") => {
-                        buf.advance(2);
+                        at += 2;
                         *self = Decoder::ChunkSize;
                     }
-                    Some(_) => return Step::Invalid,
+                    Some(_) => return (Step::Invalid, at),
                 },
-                Decoder::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
-                    None if buf.len() < LINE_LIMIT => return Step::NeedMore,
-                    None => return Step::Invalid,
-                    Some(0) => {
-                        buf.advance(2);
-                        return Step::Done;
-                    }
+                Decoder::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+                    None if rest.len() < LINE_LIMIT => return (Step::NeedMore, at),
+                    None => return (Step::Invalid, at),
+                    Some(end) if end + 2 > LINE_LIMIT => return (Step::Invalid, at),
+                    Some(0) => return (Step::Done, at + 2),
                     // A trailer field: nothing here needs it.
-                    Some(end) => buf.advance(end + 2),
+                    Some(end) => at += end + 2,
                 },
                 Decoder::UntilClose => {
-                    body.keep(buf);
-                    buf.clear();
-                    return Step::NeedMore;
+                    body.keep(rest);
+                    return (Step::NeedMore, buf.len());
                 }
             }
         }
     }
 
-    /// Whether reading on could end the body within [`DRAIN_LIMIT`], once the
-    /// prefix is full; if not, reading stops there.
-    fn worth_draining(&self, consumed: u64) -> bool {
+    /// Whether the body could still end within [`DRAIN_LIMIT`], `read` bytes
+    /// of it having been read (`consumed` of them decoded); once the prefix
+    /// is full, reading on is worth it only then.
+    fn may_end_within_drain_limit(&self, consumed: u64, read: u64) -> bool {
         match self {
             Decoder::Length(left) => consumed + left <= DRAIN_LIMIT,
             Decoder::UntilClose => false,
-            _ => true,
+            // What was read and not decoded is part of the body: a line or
+            // CRLF not complete yet.
+            _ => read <= DRAIN_LIMIT,
         }
     }
 }
@@ -383,23 +409,26 @@ async fn read_body<R: AsyncRead + Unpin>(
 ) -> (Vec<u8>, bool) {
     let mut body = Prefix::default();
     let mut decoder = Decoder::new(framing);
-    // Bytes of the body section (framing included) read so far.
-    let mut consumed: u64 = 0;
+    // Bytes of the body section (framing included) decoded so far.
+    let mut consumed: usize = 0;
     loop {
-        let before = buf.len();
-        let step = decoder.decode(buf, &mut body);
-        consumed += (before - buf.len()) as u64;
+        // Only the first BODY_READ_LIMIT bytes are ever decoded, so the prefix
+        // does not depend on how many bytes one read brought in.
+        let window = buf.len().min(BODY_READ_LIMIT - consumed);
+        let (step, used) = decoder.decode(&buf[..window], &mut body);
+        buf.advance(used);
+        consumed += used;
         match step {
             // A longer body that happened to arrive whole is still not kept
             // alive for: whether a connection is reused must not depend on
             // how the bytes were cut into reads.
-            Step::Done => return (body.0, consumed <= DRAIN_LIMIT),
+            Step::Done => return (body.0, consumed as u64 <= DRAIN_LIMIT),
             Step::Invalid => return (body.0, false),
             Step::NeedMore => {}
         }
-        // Bytes still buffered count too: a chunk-size line that never ends must not grow the buffer forever.
-        let read = consumed + buf.len() as u64;
-        if read > DRAIN_LIMIT || (body.full() && !decoder.worth_draining(consumed)) {
+        let read = consumed + buf.len();
+        if read >= BODY_READ_LIMIT || (body.full() && !decoder.may_end_within_drain_limit(consumed as u64, read as u64))
+        {
             return (body.0, false);
         }
         match tokio::time::timeout_at(deadline, fill(io, buf)).await {
@@ -408,6 +437,9 @@ async fn read_body<R: AsyncRead + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -628,6 +660,14 @@ mod tests {
                 .await;
         assert_eq!(r.body_prefix, b"ok");
         assert!(!r.reusable);
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_bound_is_refused_even_when_it_is_all_read_at_once() {
+        let wire = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n", "a".repeat(MAX_HEAD));
+        let mut buf = BytesMut::from(wire.as_bytes());
+        let result = read_response(&mut Trickle::new("", 1), &mut buf, far()).await;
+        assert!(matches!(result, Err(ResponseError::Protocol(m)) if m.contains("larger than 64 KiB")));
     }
 
     #[tokio::test]

@@ -131,6 +131,8 @@ impl Worker {
         // Whether due work may be waiting in the database; true at start for
         // whatever a previous process left.
         let mut claim_wanted = true;
+        // How many saturated webhooks the last claim passed over.
+        let mut skipped = 0;
 
         loop {
             while let Some(joined) = tasks.try_join_next() {
@@ -151,6 +153,10 @@ impl Worker {
                         }
                         next = ended_rx.try_recv().ok();
                     }
+                    // A webhook passed over at the last claim is no longer saturated: refill it.
+                    if skipped > 0 && scheduler.saturated().len() < skipped {
+                        claim_wanted = true;
+                    }
                 }
                 batch = recv(&mut handoff) => match batch {
                     Some(batch) => self.hold(&shared, &mut scheduler, batch),
@@ -158,7 +164,11 @@ impl Worker {
                 },
                 _ = std::future::ready(()), if claim_wanted && scheduler.waiting() < hold => {
                     let asked = CLAIM_BATCH.min(hold - scheduler.waiting());
-                    match self.queue.claim(now_ms(), asked as u32).await {
+                    // Rows of webhooks that already have a backlog here are
+                    // passed over: another project's fresh work is found behind them.
+                    let skip = scheduler.saturated();
+                    skipped = skip.len();
+                    match self.queue.claim(now_ms(), asked as u32, skip).await {
                         Ok(claimed) => {
                             claim_wanted = claimed.len() == asked;
                             self.hold(&shared, &mut scheduler, claimed);
@@ -210,8 +220,7 @@ impl Worker {
     fn hold(&self, shared: &Shared, scheduler: &mut Scheduler, claimed: Vec<Claimed>) {
         let now = now_ms();
         for c in claimed {
-            // Without a rate limit column yet, every webhook is unlimited.
-            if let Some(c) = scheduler.push(c, None, now) {
+            if let Some(c) = scheduler.push(c, now) {
                 let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now + GIVE_BACK_DELAY_MS));
             }
         }
@@ -226,17 +235,39 @@ impl Worker {
         // longest send is given back at once, for whichever worker claims it.
         let margin = self.settings.longest_send().as_millis() as i64;
         let mut starting = Vec::new();
-        while let Some(step) = scheduler.next(now) {
-            match step {
-                Step::Start(s) if s.claimed.lease_until - now < margin => {
-                    let _ = shared.results.send(TaskEnd::GiveBack(s.claimed.id.clone(), s.claimed.lease, now));
-                    scheduler.finish(s.ticket(), Health::Unknown, Duration::ZERO, now);
+        loop {
+            while let Some(step) = scheduler.next(now) {
+                match step {
+                    Step::Start(s) if s.claimed.lease_until - now < margin => {
+                        let _ = shared.results.send(TaskEnd::GiveBack(s.claimed.id.clone(), s.claimed.lease, now));
+                        scheduler.finish(s.ticket(), Health::Unknown, Duration::ZERO, now);
+                    }
+                    Step::Start(s) => starting.push(s),
+                    Step::Postpone { claimed, until, why } => {
+                        ::metrics::counter!("hookline_deliveries_postponed_total", "reason" => why.as_str())
+                            .increment(1);
+                        let _ = shared.results.send(TaskEnd::GiveBack(claimed.id, claimed.lease, until));
+                    }
                 }
-                Step::Start(s) => starting.push(s),
-                Step::Postpone { claimed, until, why } => {
-                    ::metrics::counter!("hookline_deliveries_postponed_total", "reason" => why.as_str()).increment(1);
-                    let _ = shared.results.send(TaskEnd::GiveBack(claimed.id, claimed.lease, until));
+            }
+            // Rate-limited webhooks without slots: ask the database (shared by
+            // every worker), then look again. A failure waits for the next poll.
+            let wants = scheduler.take_wants();
+            if wants.is_empty() {
+                break;
+            }
+            let mut granted_any = false;
+            for (webhook, rate, count) in wants {
+                match self.queue.rate_slots(webhook.clone(), rate, count, now).await {
+                    Ok(slots) => {
+                        scheduler.grant(&webhook, slots);
+                        granted_any = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "taking rate-limit slots failed; retrying at the next poll"),
                 }
+            }
+            if !granted_any {
+                break;
             }
         }
         if starting.is_empty() {
@@ -313,7 +344,7 @@ fn failed_without_attempt(c: &Claimed, reason: &str) -> TaskEnd {
         id: c.id.clone(),
         lease: c.lease,
         next: NextState::Failed,
-        attempt: None,
+        attempts: Vec::new(),
         target_url: None,
         last_error: Some(reason.to_owned()),
         deactivate_webhook: false,
@@ -330,25 +361,40 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         return (failed_without_attempt(&c, "the webhook is disabled"), Health::Unknown);
     }
 
-    let number = c.attempts + 1;
+    let mut number = c.attempts + 1;
     let started_at = now_ms();
     let clock = std::time::Instant::now();
-    let result = match secrets.as_deref().filter(|s| !s.is_empty()) {
-        None => Err(SendError {
-            class: ErrorClass::Signing,
-            message: "the project's signing secret could not be loaded".to_owned(),
-        }),
+    let (result, resent_after) = match secrets.as_deref().filter(|s| !s.is_empty()) {
+        None => {
+            let message = "the project's signing secret could not be loaded".to_owned();
+            (Err(SendError { class: ErrorClass::Signing, message }), None)
+        }
         Some(secrets) => {
             let body = match envelope::body(&c.event_id, &c.event_name, c.event_created_at, &c.data) {
                 Ok(body) => body,
                 Err(e) => return (failed_without_attempt(&c, &e.to_string()), Health::Unknown),
             };
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
-            let result = shared.client.post(&url, headers, body).await;
+            let sent = shared.client.post(&url, headers, body).await;
             ::metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(clock.elapsed().as_secs_f64());
-            result
+            (sent.result, sent.resent_after)
         }
     };
+    // A request written on a kept-alive connection that broke, then sent again
+    // on a new one: the receiver may have seen both, so both are attempts.
+    let mut attempts = Vec::with_capacity(2);
+    if let Some(first) = resent_after {
+        attempts.push(Attempt {
+            number,
+            started_at,
+            duration_ms: 0,
+            response_code: None,
+            error_class: Some(first.class.as_str().to_owned()),
+            error: Some(format!("{}; sent again on a new connection", first.message)),
+            response_body: None,
+        });
+        number += 1;
+    }
     if number > 1 {
         ::metrics::counter!("hookline_retries_total").increment(1);
     }
@@ -400,11 +446,12 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
     if deactivate {
         tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; deactivating the webhook");
     }
+    attempts.push(attempt);
     let done = TaskEnd::Done(Completion {
         id: c.id,
         lease: c.lease,
         next,
-        attempt: Some(attempt),
+        attempts,
         target_url: Some(url),
         last_error,
         deactivate_webhook: deactivate,

@@ -23,9 +23,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::time::now_ms;
-use crate::domain::{DeliveryId, ProjectId, TargetUrl, UnixMs};
+use crate::domain::{DeliveryId, ProjectId, UnixMs, WebhookId};
 use crate::store::{
-    self, Backend as _, Claimed, Completion, Ingested, Lease, LeaseToken, NewEvent, Receipt, Retried, Store,
+    self, Backend as _, Claimed, Completion, Ingested, Lease, LeaseToken, NewEvent, Receipt, Retried, Store, Target,
 };
 
 pub use handoff::HandoffReceiver;
@@ -102,9 +102,10 @@ impl Queue {
         Ok(retried)
     }
 
-    /// Leases up to `limit` due deliveries to the caller, from `now` for the lease period.
-    pub async fn claim(&self, now: UnixMs, limit: u32) -> store::Result<Vec<Claimed>> {
-        self.store.claim(now, now + self.lease.as_millis() as i64, limit).await
+    /// Leases up to `limit` due deliveries to the caller, from `now` for the
+    /// lease period, none of the webhooks in `skip`.
+    pub async fn claim(&self, now: UnixMs, limit: u32, skip: Vec<WebhookId>) -> store::Result<Vec<Claimed>> {
+        self.store.claim(now, now + self.lease.as_millis() as i64, limit, skip).await
     }
 
     /// Records results; each applies only under the lease it was sent under.
@@ -115,6 +116,15 @@ impl Queue {
     /// Gives deliveries back unattempted, due at `due_at`.
     pub async fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> store::Result<()> {
         self.store.release(held, due_at).await
+    }
+
+    /// Reserves up to `count` request slots of a webhook limited to `rate`
+    /// per second, shared with every other worker on the database: the times
+    /// (unix µs) its next requests may go, `1/rate` s apart.
+    pub async fn rate_slots(&self, webhook: WebhookId, rate: u32, count: u32, now: UnixMs) -> store::Result<Vec<i64>> {
+        let interval_us = 1_000_000 / i64::from(rate.max(1));
+        let first = self.store.take_rate_slots(webhook, now * 1000, count, interval_us).await?;
+        Ok((0..i64::from(count)).map(|i| first + i * interval_us).collect())
     }
 
     /// Resolves when new work may be due (woken in this process, or by another one).
@@ -136,7 +146,7 @@ impl Queue {
 
 /// The deliveries of an event created leased to this process's worker, as
 /// the worker gets them without a claim.
-fn leased_at_ingest(e: &NewEvent, lease: Lease, receipt: &Receipt, targets: &[TargetUrl]) -> Vec<Claimed> {
+fn leased_at_ingest(e: &NewEvent, lease: Lease, receipt: &Receipt, targets: &[Target]) -> Vec<Claimed> {
     receipt
         .deliveries
         .iter()
@@ -151,8 +161,9 @@ fn leased_at_ingest(e: &NewEvent, lease: Lease, receipt: &Receipt, targets: &[Ta
             event_created_at: e.created_at,
             data: e.data.clone(),
             webhook_id: d.webhook_id.clone(),
-            webhook: Some((target.clone(), true)),
+            webhook: Some((target.url.clone(), true)),
             attempts: 0,
+            rate_limit: target.rate_limit,
         })
         .collect()
 }

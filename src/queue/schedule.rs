@@ -17,10 +17,12 @@
 //!   couple of slots, not sixty-four.
 //! - **The circuit breaker** ([`super::breaker`]): deliveries to an open
 //!   target are postponed without an attempt.
-//! - **`rate_limit` per webhook**: requests to it are spaced at least
-//!   `1/rate_limit` s apart (so no one-second window sees more than
-//!   `rate_limit`); a delivery that would wait longer than [`HOLD_MS`] is
-//!   postponed instead of held.
+//! - **`rate_limit` per webhook**: requests to it go only at *slots*, times
+//!   `1/rate_limit` s apart that the database hands out to every worker in
+//!   small batches ([`Scheduler::take_wants`], [`Scheduler::grant`]), so no
+//!   one-second window sees more than `rate_limit` across all nodes; a
+//!   delivery whose slot is more than [`HOLD_MS`] away is postponed instead of
+//!   held.
 //!
 //! Pure state with time as an argument: unit tests drive it without a clock.
 
@@ -41,7 +43,10 @@ pub const SLOW_ANSWER: Duration = Duration::from_secs(1);
 pub const HOLD_MS: i64 = 1_000;
 /// Most deliveries of one webhook held here, so a webhook whose target is
 /// slow cannot fill the memory of the worker.
-pub const MAX_WAITING_PER_WEBHOOK: usize = 256;
+pub const MAX_WAITING_PER_WEBHOOK: usize = 1_024;
+/// A webhook with this many deliveries waiting here is *saturated*: claims
+/// pass over its rows, so other webhooks' work is found behind its backlog.
+pub const SATURATED: usize = 256;
 /// Target states kept before idle ones are forgotten.
 const TARGETS_KEPT: usize = 4_096;
 
@@ -105,9 +110,23 @@ impl Started {
 
 struct Waiting {
     claimed: Claimed,
-    rate_limit: Option<u32>,
     since: UnixMs,
 }
+
+/// A rate-limited webhook's request slots granted to this worker.
+#[derive(Default)]
+struct Slots {
+    /// Unix µs, earliest first.
+    granted: VecDeque<i64>,
+    /// When this worker last sent to it (µs): slots used late never bunch up.
+    last_start_us: Option<i64>,
+    /// Slots are wanted and not granted yet.
+    wanted: Option<(u32, u32)>,
+}
+
+/// Most slots asked for at once: enough to save round trips, few enough
+/// that slots a worker does not use are not missed by the others for long.
+const MAX_SLOTS_ASKED: usize = 16;
 
 #[derive(Default)]
 struct ProjectQueue {
@@ -129,8 +148,8 @@ pub struct Scheduler {
     projects: HashMap<ProjectId, ProjectQueue>,
     targets: HashMap<String, TargetState>,
     breakers: Breakers,
-    /// Per rate-limited webhook: when its next request may go (µs).
-    next_slot_us: HashMap<WebhookId, i64>,
+    /// Per rate-limited webhook: the slots this worker holds.
+    slots: HashMap<WebhookId, Slots>,
     /// The earliest time a delivery held back by a rate limit may go, as
     /// found by the last [`Scheduler::next`] that returned `None`.
     rate_wake: Option<UnixMs>,
@@ -146,7 +165,7 @@ impl Scheduler {
             projects: HashMap::new(),
             targets: HashMap::new(),
             breakers: Breakers::new(breaker_cooldown),
-            next_slot_us: HashMap::new(),
+            slots: HashMap::new(),
             rate_wake: None,
             waiting: 0,
             in_flight: 0,
@@ -162,6 +181,15 @@ impl Scheduler {
         self.in_flight
     }
 
+    /// Webhooks with at least [`SATURATED`] deliveries waiting.
+    pub fn saturated(&self) -> Vec<WebhookId> {
+        let mut full = Vec::new();
+        for q in self.projects.values() {
+            full.extend(q.by_webhook.iter().filter(|(_, line)| line.len() >= SATURATED).map(|(w, _)| w.clone()));
+        }
+        full
+    }
+
     /// Targets whose circuit is open.
     pub fn open_circuits(&self) -> usize {
         self.breakers.open_count()
@@ -171,7 +199,7 @@ impl Scheduler {
     /// [`MAX_WAITING_PER_WEBHOOK`] long: a delivery beyond it is returned, for
     /// the caller to give back to the database.
     #[must_use]
-    pub fn push(&mut self, claimed: Claimed, rate_limit: Option<u32>, now: UnixMs) -> Option<Claimed> {
+    pub fn push(&mut self, claimed: Claimed, now: UnixMs) -> Option<Claimed> {
         if self
             .projects
             .get(&claimed.project_id)
@@ -191,7 +219,7 @@ impl Scheduler {
         if line.is_empty() {
             q.turns.push_back(webhook);
         }
-        line.push_back(Waiting { claimed, rate_limit, since: now });
+        line.push_back(Waiting { claimed, since: now });
         self.waiting += 1;
         None
     }
@@ -209,7 +237,7 @@ impl Scheduler {
                 let mut ctx = Context {
                     targets: &mut self.targets,
                     breakers: &mut self.breakers,
-                    next_slot_us: &mut self.next_slot_us,
+                    slots: &mut self.slots,
                     rate_wake: &mut self.rate_wake,
                     limits: &self.limits,
                     now,
@@ -238,6 +266,30 @@ impl Scheduler {
             }
         }
         None
+    }
+
+    /// Rate-limited webhooks that need slots before their deliveries can go:
+    /// (webhook, rate, how many). The caller asks the database and [`grant`]s them.
+    ///
+    /// [`grant`]: Scheduler::grant
+    pub fn take_wants(&mut self) -> Vec<(WebhookId, u32, u32)> {
+        let mut wants = Vec::new();
+        for (webhook, slots) in &mut self.slots {
+            if let Some((rate, count)) = slots.wanted.take() {
+                wants.push((webhook.clone(), rate, count));
+            }
+        }
+        wants
+    }
+
+    /// Slots (unix µs) the database handed this worker for a webhook.
+    pub fn grant(&mut self, webhook: &WebhookId, granted: impl IntoIterator<Item = i64>) {
+        if self.slots.len() >= TARGETS_KEPT {
+            self.slots.retain(|_, s| !s.granted.is_empty() || s.wanted.is_some());
+        }
+        let slots = self.slots.entry(webhook.clone()).or_default();
+        slots.granted.extend(granted);
+        slots.granted.make_contiguous().sort_unstable();
     }
 
     /// When a delivery held back by a rate limit may go, if one is.
@@ -318,7 +370,7 @@ impl Scheduler {
 struct Context<'a> {
     targets: &'a mut HashMap<String, TargetState>,
     breakers: &'a mut Breakers,
-    next_slot_us: &'a mut HashMap<WebhookId, i64>,
+    slots: &'a mut HashMap<WebhookId, Slots>,
     rate_wake: &'a mut Option<UnixMs>,
     limits: &'a Limits,
     now: UnixMs,
@@ -330,7 +382,7 @@ fn next_of_project(q: &mut ProjectQueue, ctx: &mut Context<'_>) -> Option<Step> 
         let webhook = q.turns.pop_front()?;
         let line = q.by_webhook.get_mut(&webhook).expect("a webhook in turn has a line");
         let head = line.front().expect("lines in turn are not empty");
-        let decided = decide(head, &webhook, ctx);
+        let decided = decide(head, &webhook, line.len(), ctx);
         match decided {
             None => q.turns.push_back(webhook),
             Some(kind) => {
@@ -360,7 +412,7 @@ enum Decided {
 }
 
 /// Whether the head of a webhook's line may go now; `None` leaves it waiting.
-fn decide(head: &Waiting, webhook: &WebhookId, ctx: &mut Context<'_>) -> Option<Decided> {
+fn decide(head: &Waiting, webhook: &WebhookId, waiting: usize, ctx: &mut Context<'_>) -> Option<Decided> {
     let now = ctx.now;
     // A deleted or disabled webhook: the worker ends it without a request.
     let Some((url, true)) = &head.claimed.webhook else {
@@ -378,10 +430,21 @@ fn decide(head: &Waiting, webhook: &WebhookId, ctx: &mut Context<'_>) -> Option<
     }
     // The rate limit is checked before the breaker, which changes state when it admits a probe.
     let now_us = now * 1000;
-    if let Some(rate) = head.rate_limit {
-        let slot = ctx.next_slot_us.get(webhook).copied().unwrap_or(i64::MIN);
-        if slot > now_us {
-            let until = slot.div_euclid(1000) + 1;
+    if let Some(rate) = head.claimed.rate_limit {
+        let interval_us = 1_000_000 / i64::from(rate.max(1));
+        let slots = ctx.slots.entry(webhook.clone()).or_default();
+        // A slot already passed is used now; of several passed, only the last.
+        while slots.granted.len() > 1 && slots.granted[1] <= now_us {
+            slots.granted.pop_front();
+        }
+        let Some(&slot) = slots.granted.front() else {
+            let count = waiting.min(rate as usize).clamp(1, MAX_SLOTS_ASKED) as u32;
+            slots.wanted = Some((rate, count));
+            return None;
+        };
+        let at_us = slots.last_start_us.map_or(slot, |last| slot.max(last + interval_us));
+        if at_us > now_us {
+            let until = at_us.div_euclid(1000) + 1;
             if until - now > HOLD_MS {
                 return Some(Decided::Postpone(until, Why::RateLimit));
             }
@@ -392,10 +455,8 @@ fn decide(head: &Waiting, webhook: &WebhookId, ctx: &mut Context<'_>) -> Option<
         if let Admission::Postpone(until) = admission {
             return Some(Decided::Postpone(until, Why::Breaker));
         }
-        if ctx.next_slot_us.len() >= TARGETS_KEPT {
-            ctx.next_slot_us.retain(|_, slot| *slot > now_us);
-        }
-        ctx.next_slot_us.insert(webhook.clone(), slot.max(now_us) + 1_000_000 / i64::from(rate.max(1)));
+        slots.granted.pop_front();
+        slots.last_start_us = Some(now_us);
         return Some(Decided::Start { target: Some(key.to_owned()), probe: admission == Admission::Probe });
     }
     match ctx.breakers.admit(key, now) {
@@ -424,6 +485,7 @@ mod tests {
             webhook_id: WebhookId::from_trusted(format!("wh_{webhook}")),
             webhook: Some((TargetUrl::parse(url).unwrap(), true)),
             attempts: 0,
+            rate_limit: None,
         }
     }
 
@@ -439,11 +501,11 @@ mod tests {
         let mut s = Scheduler::new(LIMITS, Duration::from_secs(5));
         for i in 0..100 {
             assert!(
-                s.push(delivery("alpha", &format!("a{}", i % 4), &format!("https://hang{}.example/", i % 4)), None, 0)
+                s.push(delivery("alpha", &format!("a{}", i % 4), &format!("https://hang{}.example/", i % 4)), 0)
                     .is_none()
             );
         }
-        assert!(s.push(delivery("beta", "b", "https://ok.example/"), None, 0).is_none());
+        assert!(s.push(delivery("beta", "b", "https://ok.example/"), 0).is_none());
         let first: Vec<String> = (0..2).map(|_| start(&mut s, 0).unwrap().claimed.project_id.to_string()).collect();
         assert!(first.contains(&"prj_beta".to_owned()), "{first:?}");
     }
@@ -452,7 +514,7 @@ mod tests {
     fn a_target_that_never_answers_holds_only_its_initial_limit() {
         let mut s = Scheduler::new(LIMITS, Duration::from_secs(5));
         for _ in 0..100 {
-            assert!(s.push(delivery("alpha", "a", "https://hang.example/"), None, 0).is_none());
+            assert!(s.push(delivery("alpha", "a", "https://hang.example/"), 0).is_none());
         }
         let mut started = 0;
         while start(&mut s, 0).is_some() {
@@ -466,7 +528,7 @@ mod tests {
     fn quick_answers_raise_a_target_limit_and_failures_halve_it() {
         let mut s = Scheduler::new(LIMITS, Duration::from_secs(5));
         for _ in 0..200 {
-            assert!(s.push(delivery("p", "w", "https://fast.example/"), None, 0).is_none());
+            assert!(s.push(delivery("p", "w", "https://fast.example/"), 0).is_none());
         }
         // Each quick answer lets one more go at once: the limit climbs to the cap.
         for _ in 0..100 {
@@ -484,7 +546,7 @@ mod tests {
         assert_eq!(s.waiting(), 0);
         assert_eq!(s.targets["https://fast.example:443"].limit, 64.0);
         for _ in 0..4 {
-            assert!(s.push(delivery("p", "w", "https://fast.example/"), None, 0).is_none());
+            assert!(s.push(delivery("p", "w", "https://fast.example/"), 0).is_none());
         }
         let d = start(&mut s, 0).unwrap();
         // Just below the breaker's threshold: the limit halves, the circuit stays closed.
@@ -497,14 +559,14 @@ mod tests {
         let limits = Limits { max_in_flight: 8, max_per_project: 4, max_per_target: 64 };
         let mut s = Scheduler::new(limits, Duration::from_secs(5));
         for i in 0..20 {
-            assert!(s.push(delivery("alpha", &format!("a{i}"), &format!("https://t{i}.example/")), None, 0).is_none());
+            assert!(s.push(delivery("alpha", &format!("a{i}"), &format!("https://t{i}.example/")), 0).is_none());
         }
         let mut started = 0;
         while start(&mut s, 0).is_some() {
             started += 1;
         }
         assert_eq!(started, 4);
-        assert!(s.push(delivery("beta", "b", "https://ok.example/"), None, 0).is_none());
+        assert!(s.push(delivery("beta", "b", "https://ok.example/"), 0).is_none());
         assert_eq!(start(&mut s, 0).unwrap().claimed.project_id.as_str(), "prj_beta");
     }
 
@@ -512,9 +574,9 @@ mod tests {
     fn webhooks_of_one_project_take_turns() {
         let mut s = Scheduler::new(LIMITS, Duration::from_secs(5));
         for _ in 0..10 {
-            assert!(s.push(delivery("p", "busy", "https://a.example/"), None, 0).is_none());
+            assert!(s.push(delivery("p", "busy", "https://a.example/"), 0).is_none());
         }
-        assert!(s.push(delivery("p", "quiet", "https://b.example/"), None, 0).is_none());
+        assert!(s.push(delivery("p", "quiet", "https://b.example/"), 0).is_none());
         let order: Vec<String> = (0..2).map(|_| start(&mut s, 0).unwrap().claimed.webhook_id.to_string()).collect();
         assert_eq!(order, ["wh_busy", "wh_quiet"]);
     }
@@ -523,7 +585,7 @@ mod tests {
     fn an_open_circuit_postpones_deliveries_to_the_end_of_the_cooldown() {
         let mut s = Scheduler::new(LIMITS, Duration::from_secs(5));
         for _ in 0..10 {
-            assert!(s.push(delivery("p", "w", "https://down.example/"), None, 0).is_none());
+            assert!(s.push(delivery("p", "w", "https://down.example/"), 0).is_none());
         }
         let mut opened = false;
         for _ in 0..5 {
@@ -545,11 +607,14 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_limit_spaces_requests_and_never_fails_a_delivery() {
+    fn a_rate_limit_spaces_requests_at_granted_slots_and_never_fails_a_delivery() {
         let mut s = Scheduler::new(LIMITS, Duration::from_secs(5));
         for _ in 0..30 {
-            assert!(s.push(delivery("p", "w", "https://slow.example/"), Some(10), 0).is_none());
+            let d = Claimed { rate_limit: Some(10), ..delivery("p", "w", "https://slow.example/") };
+            assert!(s.push(d, 0).is_none());
         }
+        // The database's part: slots 100 ms apart, never before the last one handed out.
+        let mut next_slot_us = 0;
         let mut starts = Vec::new();
         let mut postponed = 0;
         let mut now = 0;
@@ -563,10 +628,23 @@ mod tests {
                     assert!(until > now && why == Why::RateLimit);
                     postponed += 1;
                 }
-                None => now = s.wake_at().unwrap_or(now + 1).max(now + 1),
+                None => {
+                    let wants = s.take_wants();
+                    if wants.is_empty() {
+                        now = s.wake_at().unwrap_or(now + 1).max(now + 1);
+                    }
+                    for (webhook, rate, count) in wants {
+                        assert_eq!(rate, 10);
+                        let first = next_slot_us.max(now * 1000);
+                        let slots: Vec<i64> = (0..i64::from(count)).map(|i| first + i * 100_000).collect();
+                        next_slot_us = first + i64::from(count) * 100_000;
+                        s.grant(&webhook, slots);
+                    }
+                }
             }
         }
         assert_eq!(starts.len() + postponed + s.waiting(), 30);
+        assert!(starts.len() >= 20, "{starts:?}");
         for w in starts.windows(2) {
             assert!(w[1] - w[0] >= 100, "{starts:?}");
         }
@@ -580,10 +658,10 @@ mod tests {
     fn deliveries_waiting_too_long_are_handed_back_and_drain_empties_it() {
         let mut s = Scheduler::new(LIMITS, Duration::from_secs(5));
         for _ in 0..10 {
-            assert!(s.push(delivery("p", "w", "https://hang.example/"), None, 0).is_none());
+            assert!(s.push(delivery("p", "w", "https://hang.example/"), 0).is_none());
         }
         while start(&mut s, 0).is_some() {}
-        assert!(s.push(delivery("p", "w", "https://hang.example/"), None, 500).is_none());
+        assert!(s.push(delivery("p", "w", "https://hang.example/"), 500).is_none());
         let stale = s.take_stale(100);
         assert_eq!(stale.len(), 10 - INITIAL_TARGET_LIMIT as usize);
         assert_eq!(s.waiting(), 1);

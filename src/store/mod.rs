@@ -168,6 +168,8 @@ pub struct Webhook {
     pub is_active: bool,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// Most requests per second to it, across all workers; `None` for no limit.
+    pub rate_limit: Option<u32>,
 }
 
 /// Fields of a webhook to change; `None` leaves a field as it is.
@@ -176,6 +178,8 @@ pub struct WebhookPatch {
     pub event: Option<EventName>,
     pub target_url: Option<TargetUrl>,
     pub is_active: Option<bool>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,7 +264,7 @@ pub struct Receipt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
     /// Created, with the target of each of `receipt.deliveries`, in order.
-    Created { receipt: Receipt, targets: Vec<TargetUrl> },
+    Created { receipt: Receipt, targets: Vec<Target> },
     /// The key was seen within 24 h for the same request: the first answer.
     Replayed(Receipt),
     /// The key was seen within 24 h for a different request.
@@ -291,6 +295,13 @@ pub struct DeliveryLog {
     pub last_error: Option<String>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+}
+
+/// Where a new delivery goes: its webhook's URL and rate limit when it was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub url: TargetUrl,
+    pub rate_limit: Option<u32>,
 }
 
 /// What a manual retry did.
@@ -368,6 +379,8 @@ pub struct Claimed {
     pub webhook_id: WebhookId,
     /// The webhook's current URL and state; `None` when it was deleted.
     pub webhook: Option<(TargetUrl, bool)>,
+    /// The webhook's current rate limit (requests per second).
+    pub rate_limit: Option<u32>,
     /// Attempts already recorded.
     pub attempts: u32,
 }
@@ -397,9 +410,10 @@ pub struct Completion {
     pub id: DeliveryId,
     pub lease: LeaseToken,
     pub next: NextState,
-    /// The attempt made; `None` when no request was sent (the webhook was
-    /// deleted or disabled in the meantime).
-    pub attempt: Option<Attempt>,
+    /// The attempts made, in order: usually one; two when a request written on
+    /// a kept-alive connection got no answer and was sent again on a new one;
+    /// none when no request was sent (the webhook was deleted or disabled).
+    pub attempts: Vec<Attempt>,
     /// The URL the attempt went to (the webhook's current one), kept in the log.
     pub target_url: Option<TargetUrl>,
     pub last_error: Option<String>,
@@ -511,8 +525,17 @@ pub trait Backend: Send + Sync {
         now: UnixMs,
     ) -> impl Future<Output = Result<Retried>> + Send;
 
-    /// Leases up to `limit` due deliveries until `lease_until`.
-    fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
+    /// Leases up to `limit` due deliveries until `lease_until`, oldest due
+    /// first, passing over those of the webhooks in `skip` (the caller holds
+    /// enough of theirs already: another project's fresh work is found behind
+    /// a backlog).
+    fn claim(
+        &self,
+        now: UnixMs,
+        lease_until: UnixMs,
+        limit: u32,
+        skip: Vec<WebhookId>,
+    ) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
     /// Records results; each applies only if its lease is still current.
     /// Returns how many applied.
     fn complete(&self, done: Vec<Completion>, now: UnixMs) -> impl Future<Output = Result<usize>> + Send;
@@ -524,6 +547,16 @@ pub trait Backend: Send + Sync {
     /// past their overlap. Returns the number of events deleted.
     fn prune(&self, before: UnixMs, now: UnixMs, batch: u32) -> impl Future<Output = Result<u64>> + Send;
     fn queue_stats(&self, now: UnixMs) -> impl Future<Output = Result<QueueStats>> + Send;
+    /// Reserves `count` request slots of a rate-limited webhook, `interval_us`
+    /// apart, none before `now_us` nor before the slots already handed out (to
+    /// any process). Returns the first; the others follow at the interval.
+    fn take_rate_slots(
+        &self,
+        webhook: WebhookId,
+        now_us: i64,
+        count: u32,
+        interval_us: i64,
+    ) -> impl Future<Output = Result<i64>> + Send;
 }
 
 /// The configured backend.
@@ -639,8 +672,8 @@ impl Backend for Store {
     async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         dispatch!(self, s => s.retry_delivery(project, id, now).await)
     }
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
-        dispatch!(self, s => s.claim(now, lease_until, limit).await)
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
+        dispatch!(self, s => s.claim(now, lease_until, limit, skip).await)
     }
     async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
         dispatch!(self, s => s.complete(done, now).await)
@@ -650,6 +683,9 @@ impl Backend for Store {
     }
     async fn prune(&self, before: UnixMs, now: UnixMs, batch: u32) -> Result<u64> {
         dispatch!(self, s => s.prune(before, now, batch).await)
+    }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        dispatch!(self, s => s.take_rate_slots(webhook, now_us, count, interval_us).await)
     }
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         dispatch!(self, s => s.queue_stats(now).await)

@@ -58,6 +58,7 @@ fn webhook(id: WebhookId, project: &ProjectId, event: &str) -> Webhook {
         is_active: true,
         created_at: T - DAY * 30,
         updated_at: T - DAY * 30,
+        rate_limit: None,
     }
 }
 
@@ -109,7 +110,7 @@ fn sent(c: &hookline::store::Claimed, at: i64) -> Completion {
         id: c.id.clone(),
         lease: c.lease,
         next: NextState::Sent,
-        attempt: Some(attempt(c.attempts + 1, at, 200)),
+        attempts: vec![attempt(c.attempts + 1, at, 200)],
         target_url: None,
         last_error: None,
         deactivate_webhook: false,
@@ -137,7 +138,7 @@ backend_tests! {
         let third = delivery_at(&f, T + 3).await;
         let not_due = delivery_at(&f, T + MINUTE).await;
 
-        let claimed = f.store.claim(T + 10, T + 10 + MINUTE, 1).await.unwrap();
+        let claimed = f.store.claim(T + 10, T + 10 + MINUTE, 1, Vec::new()).await.unwrap();
         assert_eq!(claimed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&first]);
         assert_eq!(claimed[0].project_id, f.project);
         assert_eq!(claimed[0].webhook_id, f.webhook);
@@ -146,20 +147,20 @@ backend_tests! {
         assert_eq!(claimed[0].data.as_json(), r#"{"order_id":"o"}"#);
         assert_eq!(claimed[0].attempts, 0);
 
-        let rest = f.store.claim(T + 10, T + 10 + MINUTE, 10).await.unwrap();
+        let rest = f.store.claim(T + 10, T + 10 + MINUTE, 10, Vec::new()).await.unwrap();
         let rest: HashSet<_> = rest.into_iter().map(|c| c.id).collect();
         assert_eq!(rest, HashSet::from([second, third]));
         assert!(!rest.contains(&not_due));
-        assert!(f.store.claim(T + 20, T + 20 + MINUTE, 10).await.unwrap().is_empty(), "leased rows are skipped");
+        assert!(f.store.claim(T + 20, T + 20 + MINUTE, 10, Vec::new()).await.unwrap().is_empty(), "leased rows are skipped");
     }
 
     async fn an_expired_lease_is_claimed_again_with_a_new_token(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
-        let first = f.store.claim(T, T + 1000, 10).await.unwrap();
+        let first = f.store.claim(T, T + 1000, 10, Vec::new()).await.unwrap();
         assert_eq!(first.len(), 1);
-        assert!(f.store.claim(T + 999, T + 2000, 10).await.unwrap().is_empty());
-        let again = f.store.claim(T + 1000, T + 2000, 10).await.unwrap();
+        assert!(f.store.claim(T + 999, T + 2000, 10, Vec::new()).await.unwrap().is_empty());
+        let again = f.store.claim(T + 1000, T + 2000, 10, Vec::new()).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, id);
         assert_ne!(again[0].lease, first[0].lease);
@@ -168,8 +169,8 @@ backend_tests! {
     async fn a_completion_with_a_stale_lease_is_ignored(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
-        let stale = f.store.claim(T, T + 1000, 10).await.unwrap().remove(0);
-        let current = f.store.claim(T + 1000, T + 2000, 10).await.unwrap().remove(0);
+        let stale = f.store.claim(T, T + 1000, 10, Vec::new()).await.unwrap().remove(0);
+        let current = f.store.claim(T + 1000, T + 2000, 10, Vec::new()).await.unwrap().remove(0);
 
         assert_eq!(f.store.complete(vec![sent(&stale, T + 1500)], T + 1500).await.unwrap(), 0);
         let (log, attempts) = f.store.get_log(f.project.clone(), id.clone()).await.unwrap().unwrap();
@@ -189,17 +190,17 @@ backend_tests! {
         for at in [T, T + 1, T + 2] {
             delivery_at(&f, at).await;
         }
-        let claimed = f.store.claim(T + 5, T + MINUTE, 10).await.unwrap();
+        let claimed = f.store.claim(T + 5, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(claimed.len(), 3);
         let retry = Completion {
             next: NextState::RetryAt(T + 500),
-            attempt: Some(attempt(1, T + 6, 503)),
+            attempts: vec![attempt(1, T + 6, 503)],
             last_error: Some("the receiver answered HTTP 503".into()),
             ..sent(&claimed[1], T + 6)
         };
         let gone = Completion {
             next: NextState::Failed,
-            attempt: Some(attempt(1, T + 6, 410)),
+            attempts: vec![attempt(1, T + 6, 410)],
             last_error: Some("the receiver answered HTTP 410".into()),
             deactivate_webhook: true,
             ..sent(&claimed[2], T + 6)
@@ -221,7 +222,7 @@ backend_tests! {
         let webhook = f.store.get_webhook(f.project.clone(), f.webhook.clone()).await.unwrap().unwrap();
         assert!(!webhook.is_active, "a 410 deactivates the webhook");
 
-        let again = f.store.claim(T + 500, T + MINUTE, 10).await.unwrap();
+        let again = f.store.claim(T + 500, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].attempts, again[0].webhook.clone()), (1, Some((TargetUrl::parse("https://example.com/hook").unwrap(), false))));
     }
@@ -238,7 +239,7 @@ backend_tests! {
             tasks.spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let got = store.claim(T + 10, T + MINUTE, 7).await.unwrap();
+                    let got = store.claim(T + 10, T + MINUTE, 7, Vec::new()).await.unwrap();
                     if got.is_empty() {
                         return mine;
                     }
@@ -255,6 +256,18 @@ backend_tests! {
         assert_eq!(unique, all);
     }
 
+    async fn a_claim_passes_over_the_webhooks_it_is_told_to_skip(backend) {
+        let f = fixture(&backend).await;
+        let id = delivery_at(&f, T).await;
+        let (log, _) = f.store.get_log(f.project.clone(), id.clone()).await.unwrap().unwrap();
+        let skipped = f.store.claim(T + 1, T + MINUTE, 10, vec![log.webhook_id.clone()]).await.unwrap();
+        assert!(skipped.is_empty(), "the only due delivery belongs to a skipped webhook");
+        let other = WebhookId::generate();
+        let claimed = f.store.claim(T + 1, T + MINUTE, 10, vec![other]).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, id);
+    }
+
     async fn a_manual_retry_leaves_a_delivery_in_flight_or_due_and_makes_a_waiting_one_due(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
@@ -263,7 +276,7 @@ backend_tests! {
         // Due (not claimed yet): nothing changes.
         assert_eq!(retry(T + 1).await.unwrap(), Retried::Busy);
         // In flight: the lease stands and the worker's result is recorded.
-        let held = f.store.claim(T + 1, T + MINUTE, 10).await.unwrap().remove(0);
+        let held = f.store.claim(T + 1, T + MINUTE, 10, Vec::new()).await.unwrap().remove(0);
         assert_eq!(retry(T + 2).await.unwrap(), Retried::Busy);
         let waiting = Completion { next: NextState::RetryAt(T + MINUTE * 5), ..sent(&held, T + 3) };
         assert_eq!(f.store.complete(vec![waiting], T + 3).await.unwrap(), 1, "the lease was not cancelled");
@@ -271,7 +284,7 @@ backend_tests! {
         // Waiting for a later attempt: due now.
         let Retried::Due(log) = retry(T + 4).await.unwrap() else { panic!("a waiting delivery is made due") };
         assert_eq!((log.status.as_str(), log.next_attempt_at), ("pending", Some(T + 4)));
-        let again = f.store.claim(T + 4, T + MINUTE, 10).await.unwrap();
+        let again = f.store.claim(T + 4, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, id);
         // Sent: due again.
@@ -289,13 +302,13 @@ backend_tests! {
     async fn a_released_delivery_is_due_again_only_with_its_current_lease(backend) {
         let f = fixture(&backend).await;
         delivery_at(&f, T).await;
-        let stale = f.store.claim(T, T + 1000, 10).await.unwrap().remove(0);
-        let current = f.store.claim(T + 1000, T + MINUTE, 10).await.unwrap().remove(0);
+        let stale = f.store.claim(T, T + 1000, 10, Vec::new()).await.unwrap().remove(0);
+        let current = f.store.claim(T + 1000, T + MINUTE, 10, Vec::new()).await.unwrap().remove(0);
         f.store.release(vec![(stale.id.clone(), stale.lease)], T + 1000).await.unwrap();
-        assert!(f.store.claim(T + 1001, T + MINUTE, 10).await.unwrap().is_empty(), "a stale release changes nothing");
+        assert!(f.store.claim(T + 1001, T + MINUTE, 10, Vec::new()).await.unwrap().is_empty(), "a stale release changes nothing");
         f.store.release(vec![(current.id.clone(), current.lease)], T + 2000).await.unwrap();
-        assert!(f.store.claim(T + 1999, T + MINUTE, 10).await.unwrap().is_empty());
-        assert_eq!(f.store.claim(T + 2000, T + MINUTE, 10).await.unwrap().len(), 1);
+        assert!(f.store.claim(T + 1999, T + MINUTE, 10, Vec::new()).await.unwrap().is_empty());
+        assert_eq!(f.store.claim(T + 2000, T + MINUTE, 10, Vec::new()).await.unwrap().len(), 1);
     }
 
     async fn an_idempotency_key_replays_the_first_receipt_and_rejects_another_event(backend) {
@@ -344,7 +357,7 @@ backend_tests! {
         let f = fixture(&backend).await;
         let old_sent = delivery_at(&f, T - 10 * DAY).await;
         let old_pending = delivery_at(&f, T - 10 * DAY + 1).await;
-        let claimed = f.store.claim(T - 10 * DAY, T - 10 * DAY + MINUTE, 1).await.unwrap();
+        let claimed = f.store.claim(T - 10 * DAY, T - 10 * DAY + MINUTE, 1, Vec::new()).await.unwrap();
         assert_eq!(claimed[0].id, old_sent);
         f.store.complete(vec![sent(&claimed[0], T - 10 * DAY)], T - 10 * DAY).await.unwrap();
         let recent = delivery_at(&f, T - MINUTE).await;
@@ -373,11 +386,11 @@ backend_tests! {
         let f = fixture(&backend).await;
         let a = delivery_at(&f, T).await;
         let b = delivery_at(&f, T + 1).await;
-        let first = f.store.claim(T + 2, T + 2 + MINUTE, 2).await.unwrap();
+        let first = f.store.claim(T + 2, T + 2 + MINUTE, 2, Vec::new()).await.unwrap();
         let first_a = first.iter().find(|c| c.id == a).unwrap();
         let first_b = first.iter().find(|c| c.id == b).unwrap();
         // The first lease runs out while its send is still in flight, and the delivery is claimed again.
-        let again = f.store.claim(T + 3 + MINUTE, T + 4 + 2 * MINUTE, 1).await.unwrap();
+        let again = f.store.claim(T + 3 + MINUTE, T + 4 + 2 * MINUTE, 1, Vec::new()).await.unwrap();
         assert_eq!(again[0].id, a);
 
         let batch = vec![sent(first_a, T + 5), sent(&again[0], T + 5), sent(first_b, T + 5)];
@@ -425,7 +438,7 @@ backend_tests! {
         let stats = f.store.queue_stats(T).await.unwrap();
         assert_eq!(stats, QueueStats { pending: 4, due: 3, leased: 0, oldest_pending_created_at: Some(T - 3) });
 
-        let claimed = f.store.claim(T, T + MINUTE, 2).await.unwrap();
+        let claimed = f.store.claim(T, T + MINUTE, 2, Vec::new()).await.unwrap();
         let stats = f.store.queue_stats(T).await.unwrap();
         assert_eq!((stats.pending, stats.due, stats.leased), (4, 1, 2));
 

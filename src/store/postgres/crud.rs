@@ -147,7 +147,8 @@ pub(super) async fn create_webhook(pool: &PgPool, w: Webhook, limit: u32) -> Res
     let inserted = sqlx::query(concat!(
         "INSERT INTO project_webhooks (",
         webhook_columns!(),
-        ") SELECT $1, $2, $3, $4, $5, $6, $7 WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = $2) < $8"
+        ") SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+         WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = $2) < $9"
     ))
     .bind(w.id.as_str())
     .bind(w.project_id.as_str())
@@ -156,6 +157,7 @@ pub(super) async fn create_webhook(pool: &PgPool, w: Webhook, limit: u32) -> Res
     .bind(w.is_active)
     .bind(w.created_at)
     .bind(w.updated_at)
+    .bind(w.rate_limit.map(|n| n as i32))
     .bind(i64::from(limit))
     .execute(&mut *tx)
     .await
@@ -200,7 +202,8 @@ pub(super) async fn update_webhook(
 ) -> Result<Option<Webhook>> {
     let found = sqlx::query(concat!(
         "UPDATE project_webhooks SET event = COALESCE($1, event), target_url = COALESCE($2, target_url), \
-         is_active = COALESCE($3, is_active), updated_at = $4 WHERE id = $5 AND project_id = $6 RETURNING ",
+         is_active = COALESCE($3, is_active), updated_at = $4, \
+         rate_limit = CASE WHEN $7 THEN $8 ELSE rate_limit END WHERE id = $5 AND project_id = $6 RETURNING ",
         webhook_columns!()
     ))
     .bind(patch.event.as_ref().map(|e| e.as_str()))
@@ -209,6 +212,8 @@ pub(super) async fn update_webhook(
     .bind(now)
     .bind(id.as_str())
     .bind(project.as_str())
+    .bind(patch.rate_limit.is_some())
+    .bind(patch.rate_limit.flatten().map(|n| n as i32))
     .fetch_optional(pool)
     .await
     .map_err(db_err)?;

@@ -37,7 +37,10 @@ use crate::store::{Result, StoreError};
 /// The migrations, as `<version>_<description>.sql` files name them (the
 /// layout sqlx's tooling reads).
 static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
-    Migrator::with_migrations(vec![migration(1, "init", include_str!("../../../migrations/postgres/0001_init.sql"))])
+    Migrator::with_migrations(vec![
+        migration(1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
+        migration(2, "rate_limit", include_str!("../../../migrations/postgres/0002_rate_limit.sql")),
+    ])
 });
 
 fn migration(version: i64, description: &'static str, sql: &'static str) -> Migration {

@@ -192,8 +192,8 @@ impl Backend for PgStore {
         queue::retry_delivery(&self.pool, &self.announce, project, id, now).await
     }
 
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
-        queue::claim(&self.pool, now, lease_until, limit).await
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
+        queue::claim(&self.pool, now, lease_until, limit, skip).await
     }
 
     async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
@@ -210,5 +210,8 @@ impl Backend for PgStore {
 
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         queue::queue_stats(&self.pool, now).await
+    }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        queue::take_rate_slots(&self.pool, &webhook, now_us, count, interval_us).await
     }
 }

@@ -19,7 +19,7 @@ use super::rows::{log_columns, log_from_row, row};
 use crate::domain::{DeliveryId, EventData, EventId, ProjectId, TargetUrl, UnixMs, WebhookId};
 use crate::store::{
     Claimed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken, NewEvent,
-    QueueStats, Receipt, Result, Retried, StoreError,
+    QueueStats, Receipt, Result, Retried, StoreError, Target,
 };
 
 /// Writes events (none with an idempotency key) and their deliveries in one
@@ -32,7 +32,7 @@ pub(super) async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Re
     let (projects, names): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
     let mut tx = pool.begin().await?;
     let hooks = sqlx::query(
-        "SELECT w.project_id, w.event, w.id, w.target_url FROM project_webhooks w \
+        "SELECT w.project_id, w.event, w.id, w.target_url, w.rate_limit FROM project_webhooks w \
          JOIN UNNEST($1::text[], $2::text[]) AS k (project_id, event) \
          ON w.project_id = k.project_id AND w.event = k.event WHERE w.is_active ORDER BY w.id",
     )
@@ -40,9 +40,10 @@ pub(super) async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Re
     .bind(&names)
     .fetch_all(&mut *tx)
     .await?;
-    let mut by_pair: std::collections::HashMap<(String, String), Vec<(String, TargetUrl)>> = Default::default();
+    let mut by_pair: std::collections::HashMap<(String, String), Vec<(String, Target)>> = Default::default();
     for r in &hooks {
-        by_pair.entry((r.try_get(0)?, r.try_get(1)?)).or_default().push((r.try_get(2)?, r.try_get(3)?));
+        let target = Target { url: r.try_get(3)?, rate_limit: r.try_get::<Option<i32>, _>(4)?.map(|n| n as u32) };
+        by_pair.entry((r.try_get(0)?, r.try_get(1)?)).or_default().push((r.try_get(2)?, target));
     }
     let mut deliveries_of = Vec::with_capacity(events.len());
     let mut d = DeliveryColumns::default();
@@ -51,7 +52,7 @@ pub(super) async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Re
         let mut mine = Vec::new();
         for (webhook_id, target_url) in by_pair.get(&key).map(Vec::as_slice).unwrap_or_default() {
             let id = DeliveryId::generate();
-            d.push(&id, e, webhook_id, target_url);
+            d.push(&id, e, webhook_id, &target_url.url);
             mine.push((id, webhook_id.clone(), target_url.clone()));
         }
         deliveries_of.push(mine);
@@ -120,7 +121,7 @@ impl DeliveryColumns {
 
 /// What ingest answers for a created event: its receipt, and the target of
 /// each delivery.
-fn created(e: &NewEvent, deliveries: Vec<(DeliveryId, String, TargetUrl)>) -> Ingested {
+fn created(e: &NewEvent, deliveries: Vec<(DeliveryId, String, Target)>) -> Ingested {
     let mut summaries = Vec::with_capacity(deliveries.len());
     let mut targets = Vec::with_capacity(deliveries.len());
     for (id, webhook, target_url) in deliveries {
@@ -178,12 +179,12 @@ const INGEST_WITH_KEY: &str = concat!(
 async fn try_ingest(
     pool: &PgPool,
     e: &NewEvent,
-    deliveries: &[(DeliveryId, String, TargetUrl)],
+    deliveries: &[(DeliveryId, String, Target)],
     stale_event: Option<&str>,
 ) -> Result<bool> {
     let ids: Vec<&str> = deliveries.iter().map(|d| d.0.as_str()).collect();
     let hooks: Vec<&str> = deliveries.iter().map(|d| d.1.as_str()).collect();
-    let urls: Vec<&str> = deliveries.iter().map(|d| d.2.as_str()).collect();
+    let urls: Vec<&str> = deliveries.iter().map(|d| d.2.url.as_str()).collect();
     let idem = e.idempotency.as_ref().expect("only keyed ingests take this path; the others are batched");
     let created = sqlx::query_scalar::<_, i64>(INGEST_WITH_KEY)
         .bind(e.id.as_str())
@@ -210,7 +211,8 @@ async fn try_ingest(
 /// decides whether anything is created at all.
 pub(super) async fn ingest_keyed(pool: &PgPool, announce: &Announcer, e: NewEvent) -> Result<Ingested> {
     let hooks = sqlx::query(
-        "SELECT id, target_url FROM project_webhooks WHERE project_id = $1 AND event = $2 AND is_active ORDER BY id",
+        "SELECT id, target_url, rate_limit FROM project_webhooks \
+         WHERE project_id = $1 AND event = $2 AND is_active ORDER BY id",
     )
     .bind(e.project_id.as_str())
     .bind(e.name.as_str())
@@ -219,8 +221,11 @@ pub(super) async fn ingest_keyed(pool: &PgPool, announce: &Announcer, e: NewEven
     .map_err(db_err)?;
     let deliveries = hooks
         .iter()
-        .map(|r| Ok((DeliveryId::generate(), r.try_get(0)?, r.try_get(1)?)))
-        .collect::<sqlx::Result<Vec<(DeliveryId, String, TargetUrl)>>>()
+        .map(|r| {
+            let target = Target { url: r.try_get(1)?, rate_limit: r.try_get::<Option<i32>, _>(2)?.map(|n| n as u32) };
+            Ok((DeliveryId::generate(), r.try_get(0)?, target))
+        })
+        .collect::<sqlx::Result<Vec<(DeliveryId, String, Target)>>>()
         .map_err(db_err)?;
 
     // Usually one round: created. Otherwise the key is taken, by a retry
@@ -330,7 +335,7 @@ pub(super) async fn retry_delivery(
 /// another is taking, so none is handed out twice.
 const CLAIM: &str = "WITH due AS MATERIALIZED (
          SELECT id FROM webhook_logs
-         WHERE status = 'pending' AND next_attempt_at <= $3
+         WHERE status = 'pending' AND next_attempt_at <= $3 AND webhook_id <> ALL($5::text[])
          ORDER BY next_attempt_at
          LIMIT $4
          FOR UPDATE SKIP LOCKED
@@ -340,16 +345,24 @@ const CLAIM: &str = "WITH due AS MATERIALIZED (
          RETURNING l.id, l.project_id, l.event_id, l.webhook_id, l.attempts
      )
      SELECT c.id, c.project_id, c.event_id, e.event_name, e.created_at, e.data, c.webhook_id,
-            w.target_url, w.is_active, c.attempts
+            w.target_url, w.is_active, c.attempts, w.rate_limit
      FROM leased c JOIN events e ON e.id = c.event_id LEFT JOIN project_webhooks w ON w.id = c.webhook_id";
 
-pub(super) async fn claim(pool: &PgPool, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
+pub(super) async fn claim(
+    pool: &PgPool,
+    now: UnixMs,
+    lease_until: UnixMs,
+    limit: u32,
+    skip: Vec<WebhookId>,
+) -> Result<Vec<Claimed>> {
     let lease: LeaseToken = rand::random();
+    let skip: Vec<&str> = skip.iter().map(WebhookId::as_str).collect();
     let found = sqlx::query(CLAIM)
         .bind(lease)
         .bind(lease_until)
         .bind(now)
         .bind(i64::from(limit))
+        .bind(skip)
         .fetch_all(pool)
         .await
         .map_err(db_err)?;
@@ -370,6 +383,7 @@ pub(super) async fn claim(pool: &PgPool, now: UnixMs, lease_until: UnixMs, limit
                 webhook_id: WebhookId::from_trusted(r.try_get(6)?),
                 webhook: url.zip(active),
                 attempts: r.try_get::<i32, _>(9)? as u32,
+                rate_limit: r.try_get::<Option<i32>, _>(10)?.map(|n| n as u32),
             })
         })
         .collect::<sqlx::Result<_>>()
@@ -438,12 +452,12 @@ async fn complete_batch(pool: &PgPool, done: &[Completion], now: UnixMs) -> sqlx
         leases.push(c.lease);
         statuses.push(status);
         next_at.push(at);
-        codes.push(c.attempt.as_ref().and_then(|a| a.response_code).map(i32::from));
-        counted.push(i32::from(c.attempt.is_some()));
+        codes.push(c.attempts.last().and_then(|a| a.response_code).map(i32::from));
+        counted.push(c.attempts.len() as i32);
         errors.push(c.last_error.as_deref());
         urls.push(c.target_url.as_ref().map(TargetUrl::as_str));
         deactivate.push(c.deactivate_webhook);
-        if let Some(a) = &c.attempt {
+        for a in &c.attempts {
             a_ids.push(c.id.as_str());
             a_number.push(a.number as i32);
             a_started.push(a.started_at);
@@ -572,4 +586,29 @@ pub(super) async fn queue_stats(pool: &PgPool, now: UnixMs) -> Result<QueueStats
         leased: count(2)?,
         oldest_pending_created_at: r.try_get(3).map_err(db_err)?,
     })
+}
+
+/// Reserves `count` request slots of a rate-limited webhook (see
+/// `Backend::take_rate_slots`); returns the first. One statement: the row
+/// lock orders concurrent takers on every node.
+pub(super) async fn take_rate_slots(
+    pool: &PgPool,
+    webhook: &WebhookId,
+    now_us: i64,
+    count: u32,
+    interval_us: i64,
+) -> Result<i64> {
+    let span = i64::from(count) * interval_us;
+    let end: i64 = sqlx::query_scalar(
+        "INSERT INTO webhook_rate_slots (webhook_id, next_slot_us) VALUES ($1, $2 + $3) \
+         ON CONFLICT (webhook_id) DO UPDATE SET next_slot_us = GREATEST(webhook_rate_slots.next_slot_us, $2) + $3 \
+         RETURNING next_slot_us",
+    )
+    .bind(webhook.as_str())
+    .bind(now_us)
+    .bind(span)
+    .fetch_one(pool)
+    .await
+    .map_err(db_err)?;
+    Ok(end - span)
 }

@@ -18,7 +18,7 @@ use crate::store::{
 // Column lists as macros, so statements stay `&'static str` (`concat!`).
 macro_rules! webhook_columns {
     () => {
-        "id, project_id, event, target_url, is_active, created_at, updated_at"
+        "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit"
     };
 }
 macro_rules! event_columns {
@@ -85,6 +85,7 @@ pub(super) fn webhook_from_row(r: &PgRow) -> sqlx::Result<Webhook> {
         is_active: r.try_get(4)?,
         created_at: r.try_get(5)?,
         updated_at: r.try_get(6)?,
+        rate_limit: r.try_get::<Option<i32>, _>(7)?.map(|n| n as u32),
     })
 }
 

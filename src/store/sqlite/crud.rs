@@ -130,8 +130,8 @@ pub(super) fn rotate_secret(
 pub(super) fn create_webhook(conn: &Connection, w: &Webhook, limit: u32) -> Result<WebhookCreation> {
     let inserted = conn
         .prepare_cached(&format!(
-            "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
-             WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = ?2) < ?8"
+            "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+             WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = ?2) < ?9"
         ))
         .and_then(|mut s| {
             s.execute(params![
@@ -142,6 +142,7 @@ pub(super) fn create_webhook(conn: &Connection, w: &Webhook, limit: u32) -> Resu
                 w.is_active,
                 w.created_at,
                 w.updated_at,
+                w.rate_limit,
                 limit
             ])
         })
@@ -178,7 +179,8 @@ pub(super) fn update_webhook(
     let changed = conn
         .prepare_cached(
             "UPDATE project_webhooks SET event = COALESCE(?1, event), target_url = COALESCE(?2, target_url), \
-             is_active = COALESCE(?3, is_active), updated_at = ?4 WHERE id = ?5 AND project_id = ?6",
+             is_active = COALESCE(?3, is_active), updated_at = ?4, \
+             rate_limit = CASE WHEN ?7 THEN ?8 ELSE rate_limit END WHERE id = ?5 AND project_id = ?6",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -187,7 +189,9 @@ pub(super) fn update_webhook(
                 patch.is_active,
                 now,
                 id.as_str(),
-                project.as_str()
+                project.as_str(),
+                patch.rate_limit.is_some(),
+                patch.rate_limit.flatten()
             ])
         })
         .map_err(db_err)?;

@@ -14,7 +14,10 @@ use super::db_err;
 use crate::store::{Result, StoreError};
 
 /// Numbered migrations; `PRAGMA user_version` records the last applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/sqlite/0002_rate_limit.sql"),
+];
 
 /// Applies the migrations the database has not seen yet.
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

@@ -295,10 +295,13 @@ impl Backend for SqliteStore {
         self.write(move |conn| queue::retry_delivery(conn, &project, &id, now)).await
     }
 
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
         // Drawn once, outside the write, which may run twice.
         let lease: LeaseToken = rand::random();
-        self.write(move |conn| queue::claim(conn, lease, now, lease_until, limit)).await
+        // A JSON array: rusqlite binds no lists, and json_each reads one in the statement.
+        let skip = serde_json::to_string(&skip.iter().map(WebhookId::as_str).collect::<Vec<_>>())
+            .expect("a list of strings serializes");
+        self.write(move |conn| queue::claim(conn, lease, now, lease_until, limit, &skip)).await
     }
 
     async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
@@ -315,5 +318,8 @@ impl Backend for SqliteStore {
 
     async fn queue_stats(&self, now: UnixMs) -> Result<QueueStats> {
         self.read(move |conn| queue::queue_stats(conn, now)).await
+    }
+    async fn take_rate_slots(&self, webhook: WebhookId, now_us: i64, count: u32, interval_us: i64) -> Result<i64> {
+        self.write(move |conn| queue::take_rate_slots(conn, &webhook, now_us, count, interval_us)).await
     }
 }

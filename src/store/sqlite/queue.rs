@@ -14,7 +14,7 @@ use super::db_err;
 use crate::domain::{DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId};
 use crate::store::{
     Claimed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken, NewEvent,
-    QueueStats, Receipt, Result, Retried,
+    QueueStats, Receipt, Result, Retried, Target,
 };
 
 /// The answer ingest gave for this event: its deliveries, all pending as they
@@ -73,10 +73,11 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
     .execute(params![e.id.as_str(), e.project_id.as_str(), e.name.as_str(), e.data.as_json(), e.created_at])?;
     let hooks = conn
         .prepare_cached(
-            "SELECT id, target_url FROM project_webhooks WHERE project_id = ?1 AND event = ?2 AND is_active = 1 ORDER BY id",
+            "SELECT id, target_url, rate_limit FROM project_webhooks \
+             WHERE project_id = ?1 AND event = ?2 AND is_active = 1 ORDER BY id",
         )?
         .query_map(params![e.project_id.as_str(), e.name.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, TargetUrl>(1)?))
+            Ok((r.get::<_, String>(0)?, Target { url: r.get(1)?, rate_limit: r.get(2)? }))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut deliveries = Vec::with_capacity(hooks.len());
@@ -88,7 +89,7 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
     )?;
     // Leased deliveries are due when their lease runs out, as if claimed.
     let due_at = e.lease.map_or(e.created_at, |l| l.until);
-    for (webhook_id, target_url) in hooks {
+    for (webhook_id, target) in hooks {
         let id = DeliveryId::generate();
         insert.execute(params![
             id.as_str(),
@@ -96,13 +97,13 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
             e.name.as_str(),
             e.id.as_str(),
             webhook_id,
-            &target_url,
+            &target.url,
             due_at,
             e.lease.map(|l| l.token),
             e.created_at
         ])?;
         let webhook_id = WebhookId::from_trusted(webhook_id);
-        targets.push(target_url);
+        targets.push(target);
         deliveries.push(DeliverySummary { id, webhook_id, status: DeliveryStatus::Pending });
     }
     if let Some(idem) = &e.idempotency {
@@ -139,19 +140,21 @@ pub(super) fn claim(
     now: UnixMs,
     lease_until: UnixMs,
     limit: u32,
+    skip_json: &str,
 ) -> Result<Vec<Claimed>> {
     let ids: Vec<String> = conn
         .prepare_cached(
             "UPDATE webhook_logs SET lease_token = ?1, next_attempt_at = ?2 WHERE id IN \
              (SELECT id FROM webhook_logs WHERE status = 'pending' AND next_attempt_at <= ?3 \
+              AND webhook_id NOT IN (SELECT value FROM json_each(?5)) \
               ORDER BY next_attempt_at LIMIT ?4) RETURNING id",
         )
-        .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit], |r| r.get(0))?.collect())
+        .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit, skip_json], |r| r.get(0))?.collect())
         .map_err(db_err)?;
     let mut details = conn
         .prepare_cached(
             "SELECT l.project_id, l.event_id, e.event_name, e.created_at, e.data, l.webhook_id, \
-             w.target_url, w.is_active, l.attempts FROM webhook_logs l JOIN events e ON e.id = l.event_id \
+             w.target_url, w.is_active, l.attempts, w.rate_limit FROM webhook_logs l JOIN events e ON e.id = l.event_id \
              LEFT JOIN project_webhooks w ON w.id = l.webhook_id WHERE l.id = ?1",
         )
         .map_err(db_err)?;
@@ -173,6 +176,7 @@ pub(super) fn claim(
                     webhook_id: WebhookId::from_trusted(r.get(5)?),
                     webhook: url.zip(active),
                     attempts: r.get(8)?,
+                    rate_limit: r.get(9)?,
                 })
             })
             .map_err(db_err)?;
@@ -192,8 +196,8 @@ pub(super) fn complete(conn: &Connection, done: &[Completion], now: UnixMs) -> R
 
 fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
     let (status, next_attempt_at) = c.next.columns();
-    let counted = i64::from(c.attempt.is_some());
-    let code = c.attempt.as_ref().and_then(|a| a.response_code);
+    let counted = c.attempts.len() as i64;
+    let code = c.attempts.last().and_then(|a| a.response_code);
     let changed = conn
         .prepare_cached(
             "UPDATE webhook_logs SET status = ?1, next_attempt_at = ?2, response_code = COALESCE(?3, response_code), \
@@ -214,7 +218,7 @@ fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Res
     if changed == 0 {
         return Ok(false);
     }
-    if let Some(a) = &c.attempt {
+    for a in &c.attempts {
         conn.prepare_cached(
             "INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_ms, response_code, error_class, \
              error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -291,4 +295,25 @@ pub(super) fn queue_stats(conn: &Connection, now: UnixMs) -> Result<QueueStats> 
         })
     })
     .map_err(db_err)
+}
+
+/// Reserves `count` request slots of a rate-limited webhook (see
+/// `Backend::take_rate_slots`); returns the first.
+pub(super) fn take_rate_slots(
+    conn: &Connection,
+    webhook: &WebhookId,
+    now_us: i64,
+    count: u32,
+    interval_us: i64,
+) -> Result<i64> {
+    let span = i64::from(count) * interval_us;
+    let end: i64 = conn
+        .prepare_cached(
+            "INSERT INTO webhook_rate_slots (webhook_id, next_slot_us) VALUES (?1, ?2 + ?3) \
+             ON CONFLICT (webhook_id) DO UPDATE SET next_slot_us = MAX(next_slot_us, ?2) + ?3 \
+             RETURNING next_slot_us",
+        )
+        .and_then(|mut s| s.query_row(params![webhook.as_str(), now_us, span], |r| r.get(0)))
+        .map_err(db_err)?;
+    Ok(end - span)
 }

@@ -46,9 +46,11 @@ pub(super) fn webhook_from_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
         is_active: r.get(4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
+        rate_limit: r.get(7)?,
     })
 }
-pub(super) const WEBHOOK_COLUMNS: &str = "id, project_id, event, target_url, is_active, created_at, updated_at";
+pub(super) const WEBHOOK_COLUMNS: &str =
+    "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit";
 
 pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {

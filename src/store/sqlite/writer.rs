@@ -207,6 +207,7 @@ mod tests {
             is_active: true,
             created_at: 1,
             updated_at: 1,
+            rate_limit: None,
         };
         let taken = WebhookId::generate();
         store.create_webhook(webhook(taken.clone()), u32::MAX).await.unwrap();
