@@ -18,6 +18,8 @@
 //! - [`cli`], [`config`]: the command line and the one checked [`config::Settings`]
 //!   (flags > `HOOKLINE_*` variables > TOML file > defaults), passed down in parts.
 //! - [`app`]: builds and runs the API, the worker and the pruner.
+//! - [`server`]: the HTTP server under the API: connections, their time
+//!   limits, the connection limit, shutdown.
 //! - [`domain`]: ids, event catalog, target URLs, keys and secrets, the retry
 //!   schedule. Pure types, no I/O.
 //! - [`api`]: axum routes, one module per resource; problem+json errors.
@@ -55,6 +57,7 @@ pub mod domain;
 pub mod listen;
 pub mod projects;
 pub mod queue;
+pub mod server;
 pub mod signing;
 pub mod ssrf;
 pub mod store;

@@ -271,6 +271,14 @@ pub enum Ingested {
     KeyReused,
 }
 
+/// What [`Backend::create_webhook`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookCreation {
+    Created,
+    /// The project had as many webhooks as its limit: nothing was written.
+    LimitReached,
+}
+
 /// One row of `webhook_logs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryLog {
@@ -472,7 +480,10 @@ pub trait Backend: Send + Sync {
         overlap_until: UnixMs,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    fn create_webhook(&self, webhook: Webhook) -> impl Future<Output = Result<()>> + Send;
+    /// Adds a webhook only while its project has fewer than `limit`: the
+    /// count and the insert are one step, so concurrent creations cannot
+    /// pass the limit together.
+    fn create_webhook(&self, webhook: Webhook, limit: u32) -> impl Future<Output = Result<WebhookCreation>> + Send;
     fn list_webhooks(&self, project: ProjectId, page: Page) -> impl Future<Output = Result<Paged<Webhook>>> + Send;
     fn get_webhook(&self, project: ProjectId, id: WebhookId) -> impl Future<Output = Result<Option<Webhook>>> + Send;
     fn update_webhook(
@@ -622,8 +633,8 @@ impl Backend for Store {
     ) -> Result<()> {
         dispatch!(self, s => s.rotate_secret(project, sealed, now, overlap_until).await)
     }
-    async fn create_webhook(&self, webhook: Webhook) -> Result<()> {
-        dispatch!(self, s => s.create_webhook(webhook).await)
+    async fn create_webhook(&self, webhook: Webhook, limit: u32) -> Result<WebhookCreation> {
+        dispatch!(self, s => s.create_webhook(webhook, limit).await)
     }
     async fn list_webhooks(&self, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
         dispatch!(self, s => s.list_webhooks(project, page).await)

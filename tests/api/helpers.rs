@@ -538,6 +538,123 @@ impl Receiver {
     }
 }
 
+/// One TCP connection that speaks HTTP/1.1 by hand, to send what well-behaved
+/// clients never do: half a head, a body that trickles in, nothing at all.
+pub struct RawConnection {
+    reader: tokio::net::tcp::OwnedReadHalf,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    /// Read and not yet taken as an answer.
+    buffer: Vec<u8>,
+}
+
+/// An answer read by a [`RawConnection`].
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).unwrap_or_else(|| panic!("no {name} header: {self:?}")).to_str().unwrap()
+    }
+
+    /// The body as a problem document with the answer's status.
+    pub fn problem(&self) -> Value {
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        let problem: Value = serde_json::from_slice(&self.body).unwrap();
+        assert_eq!(problem["status"], self.status);
+        assert!(problem["type"].is_string() && problem["title"].is_string() && problem["detail"].is_string());
+        problem
+    }
+}
+
+impl RawConnection {
+    /// Connects to a server's `base` URL (`http://host:port`).
+    pub async fn open(base: &str) -> Self {
+        let address = base.strip_prefix("http://").expect("an http:// base URL");
+        let (reader, writer) = tokio::net::TcpStream::connect(address).await.unwrap().into_split();
+        Self { reader, writer, buffer: Vec::new() }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// The next answer, waited for up to [`PATIENCE`].
+    pub async fn answer(&mut self) -> RawAnswer {
+        self.answer_while_sending(&[], Duration::from_secs(3600)).await
+    }
+
+    /// The next answer, while `rest` is sent a byte every `every` (a body
+    /// that trickles in); waited for up to [`PATIENCE`].
+    pub async fn answer_while_sending(&mut self, rest: &[u8], every: Duration) -> RawAnswer {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut rest = rest;
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            if let Some(answer) = self.take_answer() {
+                return answer;
+            }
+            tokio::select! {
+                read = self.reader.read_buf(&mut self.buffer) => match read {
+                    Ok(0) => panic!("closed before a whole answer: {:?}", String::from_utf8_lossy(&self.buffer)),
+                    Ok(_) => {}
+                    Err(e) => panic!("reading the answer failed: {e}"),
+                },
+                _ = tick.tick(), if !rest.is_empty() => {
+                    // The server may have answered and closed already; the answer tells.
+                    let _ = self.writer.write_all(&rest[..1]).await;
+                    rest = &rest[1..];
+                }
+                () = tokio::time::sleep_until(deadline) => panic!("no answer within {PATIENCE:?}"),
+            }
+        }
+    }
+
+    /// A whole answer at the start of the buffer, taken out of it.
+    fn take_answer(&mut self) -> Option<RawAnswer> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = parsed.parse(&self.buffer).expect("an HTTP/1.1 answer") else {
+            return None;
+        };
+        let mut map = HeaderMap::new();
+        for h in parsed.headers.iter() {
+            map.append(
+                axum::http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        let status = parsed.code.unwrap();
+        let length: usize = map.get("content-length").map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+        if self.buffer.len() < head + length {
+            return None;
+        }
+        let body = Bytes::copy_from_slice(&self.buffer[head..head + length]);
+        self.buffer.drain(..head + length);
+        Some(RawAnswer { status, headers: map, body })
+    }
+
+    /// Waits (up to [`PATIENCE`]) until the server closes the connection, and
+    /// returns what it sent before that was not taken as an answer.
+    pub async fn closed(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buffer)).await {
+                Ok(Ok(0) | Err(_)) => return std::mem::take(&mut self.buffer),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the server kept the connection open for {PATIENCE:?}"),
+            }
+        }
+    }
+}
+
 /// HMAC-SHA256, computed here independently of hookline's signing module.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
     use hmac::{Hmac, Mac};

@@ -45,7 +45,7 @@ async fn new_project(store: &Store) -> ProjectId {
 
 async fn new_webhook(store: &Store, project: &ProjectId, event: &str) -> WebhookId {
     let id = WebhookId::generate();
-    store.create_webhook(webhook(id.clone(), project, event)).await.unwrap();
+    store.create_webhook(webhook(id.clone(), project, event), u32::MAX).await.unwrap();
     id
 }
 
@@ -450,7 +450,7 @@ backend_tests! {
     async fn a_webhook_with_an_id_that_exists_is_refused_as_a_named_unique_violation(backend) {
         let f = fixture(&backend).await;
 
-        let refused = f.store.create_webhook(webhook(f.webhook.clone(), &f.project, "order.created")).await;
+        let refused = f.store.create_webhook(webhook(f.webhook.clone(), &f.project, "order.created"), u32::MAX).await;
 
         match refused {
             Err(StoreError::Constraint { kind: ConstraintKind::Unique, constraint: Some(name), .. }) => {
@@ -466,7 +466,8 @@ backend_tests! {
     async fn a_webhook_of_a_project_that_does_not_exist_is_refused_as_a_foreign_key_violation(backend) {
         let f = fixture(&backend).await;
 
-        let refused = f.store.create_webhook(webhook(WebhookId::generate(), &ProjectId::generate(), "order.paid")).await;
+        let refused =
+            f.store.create_webhook(webhook(WebhookId::generate(), &ProjectId::generate(), "order.paid"), u32::MAX).await;
 
         match refused {
             Err(StoreError::Constraint { kind: ConstraintKind::ForeignKey, constraint, .. }) => {

@@ -139,8 +139,8 @@ impl Backend for PgStore {
         crud::rotate_secret(&self.pool, project, sealed, now, overlap_until).await
     }
 
-    async fn create_webhook(&self, w: Webhook) -> Result<()> {
-        crud::create_webhook(&self.pool, w).await
+    async fn create_webhook(&self, w: Webhook, limit: u32) -> Result<WebhookCreation> {
+        crud::create_webhook(&self.pool, w, limit).await
     }
 
     async fn list_webhooks(&self, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
