@@ -304,11 +304,13 @@ pub(super) async fn retry_delivery(
     id: DeliveryId,
     now: UnixMs,
 ) -> Result<Retried> {
-    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
+    // In flight: leased. Due: next_attempt_at has come, by this request's clock
+    // or by that of whoever last changed the row (updated_at): two retries a
+    // millisecond apart must not both pass because their clocks disagree.
     let found = sqlx::query(concat!(
         "UPDATE webhook_logs SET status = 'pending', next_attempt_at = $1, lease_token = NULL, updated_at = $1 \
          WHERE id = $2 AND project_id = $3 \
-         AND NOT (status = 'pending' AND (next_attempt_at <= $1 OR lease_token IS NOT NULL)) RETURNING ",
+         AND NOT (status = 'pending' AND (next_attempt_at <= GREATEST($1, updated_at) OR lease_token IS NOT NULL)) RETURNING ",
         log_columns!()
     ))
     .bind(now)

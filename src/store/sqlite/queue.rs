@@ -117,12 +117,14 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
 }
 
 pub(super) fn retry_delivery(conn: &Connection, project: &ProjectId, id: &DeliveryId, now: UnixMs) -> Result<Retried> {
-    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
+    // In flight: leased. Due: next_attempt_at has come, by this request's clock
+    // or by that of whoever last changed the row (updated_at): two retries a
+    // millisecond apart must not both pass because their clocks disagree.
     let changed = conn
         .prepare_cached(
             "UPDATE webhook_logs SET status = 'pending', next_attempt_at = ?1, lease_token = NULL, updated_at = ?1 \
              WHERE id = ?2 AND project_id = ?3 \
-             AND NOT (status = 'pending' AND (next_attempt_at <= ?1 OR lease_token IS NOT NULL))",
+             AND NOT (status = 'pending' AND (next_attempt_at <= MAX(?1, updated_at) OR lease_token IS NOT NULL))",
         )
         .and_then(|mut s| s.execute(params![now, id.as_str(), project.as_str()]))
         .map_err(db_err)?;
