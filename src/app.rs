@@ -16,6 +16,7 @@ use crate::api::{self, ApiContext};
 use crate::config::{DatabaseUrl, HttpSettings, Role, Sensitive, Settings};
 use crate::delivery::Worker;
 use crate::delivery::client::DeliveryClient;
+use crate::domain::DisablePolicy;
 use crate::domain::time::now_ms;
 use crate::queue::Queue;
 use crate::store::{Backend as _, Store};
@@ -92,7 +93,8 @@ impl Application {
         let secrets = Arc::new(crate::projects::SecretCache::default());
         // In one process, ingest hands new deliveries straight to the worker.
         let handoff_limit = (settings.role == Role::All).then_some(settings.delivery.max_in_flight * HANDOFF_PER_SLOT);
-        let (queue, handoff) = Queue::new(store.clone(), settings.delivery.lease, handoff_limit);
+        let disable = DisablePolicy { after: settings.delivery.disable_after };
+        let (queue, handoff) = Queue::new(store.clone(), settings.delivery.lease, disable, handoff_limit);
         let state = Arc::new(ApiContext {
             store: store.clone(),
             settings: settings.api,

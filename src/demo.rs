@@ -5,7 +5,8 @@
 //! then drives the public HTTP API exactly as an application would: creates a
 //! project, a webhook per event, sends an `order.created` and an `order.paid`,
 //! prints each delivery as it arrives with its signatures checked, prints the
-//! delivery log, and removes everything it made.
+//! delivery log, sends one webhook a test delivery (`webhook.test`), and
+//! removes everything it made.
 
 use std::time::Duration;
 
@@ -148,6 +149,7 @@ async fn drive(api: &Api, admin_token: &str, database: &str) -> anyhow::Result<(
     println!("   receiver {receiver}  (hookline listen: verifies both signatures)");
 
     println!("\n2. Add a webhook per event               POST /v1/webhooks");
+    let mut hooks = Vec::new();
     for (event, _) in events() {
         let target = format!("{receiver}/webhooks/{event}");
         let hook = api
@@ -160,6 +162,7 @@ async fn drive(api: &Api, admin_token: &str, database: &str) -> anyhow::Result<(
             )
             .await?;
         println!("   {}  {event:<14} → {target}", text(&hook, "id"));
+        hooks.push(text(&hook, "id"));
     }
 
     println!("\n3. Send the events                       POST /v1/events");
@@ -182,15 +185,7 @@ async fn drive(api: &Api, admin_token: &str, database: &str) -> anyhow::Result<(
     println!("\n4. Deliveries arrive at the receiver, signed");
     let mut verified = 0;
     for _ in 0..expected {
-        let (text, verdict) = tokio::time::timeout(PATIENCE, arrivals.recv())
-            .await
-            .context("no delivery arrived in time")?
-            .context("the receiver stopped")?;
-        println!("{text}");
-        match verdict {
-            Some(v) if v.x_signature.is_ok() && v.standard.is_ok() => verified += 1,
-            _ => bail!("a delivery's signature did not verify"),
-        }
+        verified += arrival(&mut arrivals).await?;
     }
 
     println!("\n5. The delivery log                      GET /v1/webhook-logs");
@@ -205,19 +200,55 @@ async fn drive(api: &Api, admin_token: &str, database: &str) -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     for log in logs.iter().rev() {
-        println!(
-            "   {}  {:<14} {}  HTTP {}  attempts {}  → {}",
-            text(log, "id"),
-            text(log, "event"),
-            text(log, "status"),
-            log["response_code"],
-            log["attempts"],
-            text(log, "target_url"),
-        );
+        print_log(log);
     }
+
+    let tested = &hooks[0];
+    println!("\n6. Send a test delivery                  POST /v1/webhooks/{{id}}/test");
+    let answer =
+        api.expect(Method::POST, &format!("/v1/webhooks/{tested}/test"), &key, None, StatusCode::ACCEPTED).await?;
+    let delivery = text(&answer, "delivery_id");
+    println!("   202  {delivery}  webhook.test → {tested} only (whatever its event, even when disabled)");
+    verified += arrival(&mut arrivals).await?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let log = loop {
+        let log = api.expect(Method::GET, &format!("/v1/webhook-logs/{delivery}"), &key, None, StatusCode::OK).await?;
+        if log["status"] == "sent" {
+            break log;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "the test delivery was not logged as sent in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    print_log(&log);
     println!(
-        "\nDone: {} events sent, {verified} deliveries received and verified, all logged as sent.",
+        "\nDone: {} events and a test sent, {verified} deliveries received and verified, all logged as sent.",
         events().len()
     );
     Ok(())
+}
+
+/// Waits for the receiver's next delivery, prints it, and counts it if both
+/// signatures verified; a delivery that does not verify stops the demo.
+async fn arrival(arrivals: &mut mpsc::UnboundedReceiver<(String, Option<listen::Verdict>)>) -> anyhow::Result<usize> {
+    let (text, verdict) = tokio::time::timeout(PATIENCE, arrivals.recv())
+        .await
+        .context("no delivery arrived in time")?
+        .context("the receiver stopped")?;
+    println!("{text}");
+    match verdict {
+        Some(v) if v.x_signature.is_ok() && v.standard.is_ok() => Ok(1),
+        _ => bail!("a delivery's signature did not verify"),
+    }
+}
+
+fn print_log(log: &Value) {
+    println!(
+        "   {}  {:<14} {}  HTTP {}  attempts {}  → {}",
+        text(log, "id"),
+        text(log, "event"),
+        text(log, "status"),
+        log["response_code"],
+        log["attempts"],
+        text(log, "target_url"),
+    );
 }

@@ -6,7 +6,8 @@
 //! project, and answers 202 only then. A worker claims due deliveries, signs
 //! each (GitHub-style `X-Signature` and Standard Webhooks headers), POSTs it to
 //! the webhook's URL through an SSRF-guarded client, records the attempt, and
-//! retries with backoff on network errors and 5xx.
+//! retries with backoff on network errors and 5xx. A webhook whose endpoint
+//! stays dead is disabled, and the project is told with an event of its own.
 //!
 //! # Layout
 //!
@@ -21,18 +22,21 @@
 //! - [`server`]: the HTTP server under the API: connections, their time
 //!   limits, the connection limit, shutdown.
 //! - [`domain`]: ids, event catalog, target URLs, keys and secrets, the retry
-//!   schedule. Pure types, no I/O.
+//!   schedule, when a webhook is disabled ([`domain::lifecycle`]) and
+//!   hookline's own events ([`domain::operational`]). Pure types, no I/O.
 //! - [`api`]: axum routes, one module per resource; problem+json errors.
 //! - [`queue`]: the outbox path: enqueue (commit, then hand over in memory),
 //!   claim, complete, manual retry; which delivery starts next
 //!   ([`queue::schedule`]: fairness, per-target limits, rate limits) and the
-//!   circuit breaker per target ([`queue::breaker`]).
+//!   circuit breaker per target ([`queue::breaker`]);
+//!   replay and test deliveries ([`queue::lifecycle`]).
 //! - [`store`]: the only SQL; the [`store::Backend`] contract, its model types
 //!   and errors, and one folder per backend:
 //!   - [`store::sqlite`]: the writer thread (group commit), queue statements,
-//!     CRUD, row mapping, migrations;
+//!     CRUD, the webhook lifecycle (disabling in the transaction that records
+//!     attempts, operational events, replay), row mapping, migrations;
 //!   - [`store::postgres`]: the ingest batcher, `NOTIFY`, queue statements,
-//!     CRUD, row mapping, migrations (sqlx's migrator).
+//!     CRUD, the webhook lifecycle, row mapping, migrations (sqlx's migrator).
 //! - [`delivery`]: the worker, the HTTP client, the retry policy.
 //! - [`signing`]: both signature schemes, sign and verify.
 //! - [`ssrf`]: which target addresses may be reached.

@@ -14,7 +14,9 @@
 //!
 //! Scenarios: `live` ingests and delivers at the same time; `drain` ingests
 //! with the worker stopped (`--role api`), then starts a worker-only server on
-//! the same database and measures how fast the backlog drains.
+//! the same database and measures how fast the backlog drains; `replay`
+//! delivers like `live`, then replays every delivery and measures ingest
+//! meanwhile (`replay.rs`).
 //!
 //! Layout: `wire` speaks the little HTTP/1.1 the load client and the receiver
 //! need; `receiver` records arrivals; `server` runs the server under test.
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod receiver;
+mod replay;
 mod server;
 mod wire;
 
@@ -50,6 +53,8 @@ pub enum Scenario {
     Live,
     /// Ingest with the worker stopped, then measure how fast a worker drains the backlog.
     Drain,
+    /// Deliver like `live`, then replay every delivery and measure steady ingest meanwhile.
+    Replay,
 }
 
 /// Measure a hookline server's end-to-end throughput and latency on this machine.
@@ -73,6 +78,9 @@ pub struct BenchArgs {
     pub webhooks: usize,
     #[arg(long, value_enum, default_value = "live")]
     pub scenario: Scenario,
+    /// Replay scenario: the steady ingest rate (events/s) measured before and during the replay.
+    #[arg(long, default_value_t = 200.0)]
+    pub replay_rate: f64,
     /// The `hookline` binary to start as the server under test; by default the
     /// one beside this executable (the same target directory).
     #[arg(long, env = "HOOKLINE_BENCH_SERVER_BIN")]
@@ -182,9 +190,13 @@ pub struct BenchResult {
     pub rate: Option<f64>,
     pub ingest: IngestResult,
     pub delivery: DeliveryResult,
+    /// The replay scenario's phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<replay::ReplayResult>,
     pub server: Option<ServerResult>,
 }
 
+#[derive(Clone)]
 struct Target {
     base: String,
     api_key: String,
@@ -394,15 +406,23 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let delivered = arrivals.count.load(Ordering::Relaxed);
+    let latencies = std::mem::take(&mut *arrivals.latencies_us.lock().expect("not poisoned"));
+    let last_us = arrivals.last_us.load(Ordering::Relaxed);
+    let replay = match args.scenario {
+        Scenario::Replay if complete => Some(
+            replay::run(&admin_client, &target, &arrivals, delivered, args.webhooks, args.replay_rate, capacity)
+                .await?,
+        ),
+        _ => None,
+    };
     let first = drain_started_us
         .unwrap_or_else(|| arrivals.first_us.load(Ordering::Relaxed).min(arrivals.last_us.load(Ordering::Relaxed)));
-    let seconds = (arrivals.last_us.load(Ordering::Relaxed).saturating_sub(first)) as f64 / 1e6;
+    let seconds = (last_us.saturating_sub(first)) as f64 / 1e6;
     let server_result = server.as_ref().map(|s| {
         let cpu_seconds = s.cpu_seconds() - if drain_started_us.is_some() { 0.0 } else { cpu_before };
         let wall = start.elapsed().as_secs_f64();
         ServerResult { cpu_seconds, cpu_percent: 100.0 * cpu_seconds / wall, peak_rss_mb: s.peak_rss_mb() }
     });
-    let latencies = std::mem::take(&mut *arrivals.latencies_us.lock().expect("not poisoned"));
     let result = BenchResult {
         scenario: args.scenario,
         backend,
@@ -418,6 +438,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             deliveries_per_s: if seconds > 0.0 { delivered as f64 / seconds } else { 0.0 },
             latency_ms: if drain_started_us.is_some() { None } else { percentiles_ms(latencies) },
         },
+        replay,
         server: server_result,
     };
     if let Some(s) = server {
@@ -459,5 +480,8 @@ fn print_report(r: &BenchResult) {
             s.cpu_seconds, s.cpu_percent, s.peak_rss_mb
         ),
         None => println!("  server     not measured (--url)"),
+    }
+    if let Some(replay) = &r.replay {
+        replay::print_report(replay);
     }
 }

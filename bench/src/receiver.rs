@@ -43,6 +43,9 @@ pub struct Arrivals {
     pub last_us: AtomicU64,
     /// Send → arrival, µs, one per delivery.
     pub latencies_us: Mutex<Vec<u32>>,
+    /// Arrivals whose event this run's send times do not know (the replay
+    /// scenario numbers its steady ingest past them).
+    pub unmatched: AtomicU64,
     times: Arc<SendTimes>,
 }
 
@@ -52,9 +55,14 @@ impl Arrivals {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.first_us.fetch_min(now, Ordering::Relaxed);
         self.last_us.fetch_max(now, Ordering::Relaxed);
-        if let Some(sent) = sequence_of(body).and_then(|seq| self.times.sent(seq)) {
-            let latency = now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
-            self.latencies_us.lock().expect("not poisoned").push(latency);
+        match sequence_of(body).and_then(|seq| self.times.sent(seq)) {
+            Some(sent) => {
+                let latency = now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32;
+                self.latencies_us.lock().expect("not poisoned").push(latency);
+            }
+            None => {
+                self.unmatched.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -76,6 +84,7 @@ pub async fn start(times: Arc<SendTimes>) -> std::io::Result<(SocketAddr, Arc<Ar
         first_us: AtomicU64::new(u64::MAX),
         last_us: AtomicU64::new(0),
         latencies_us: Mutex::new(Vec::new()),
+        unmatched: AtomicU64::new(0),
         times,
     });
     let shared = arrivals.clone();

@@ -21,7 +21,7 @@ use super::logs::DeliveryState;
 use super::{AppState, ListResponse};
 use crate::domain::json::canonical;
 use crate::domain::time::{now_ms, to_rfc3339};
-use crate::domain::{DataError, EventId, FieldPath};
+use crate::domain::{DataError, EventId, FieldPath, operational};
 use crate::store::{Backend as _, DeliverySummary, Event, IdempotencyKey, Ingested, NewEvent, Receipt};
 
 /// Longest `Idempotency-Key` accepted (Stripe's limit).
@@ -185,6 +185,12 @@ async fn ingest(
     }
     let name = match body.get("event_name") {
         None => return Err(ApiError::invalid("event_name", "is required")),
+        Some(Value::String(s)) if operational::is_reserved(s) => {
+            return Err(ApiError::invalid(
+                "event_name",
+                format!("is reserved: {}* events are sent by hookline itself", operational::RESERVED_PREFIX),
+            ));
+        }
         Some(Value::String(s)) => app
             .settings
             .catalog

@@ -1,23 +1,26 @@
-//! `/v1/webhook-logs`: the delivery log, one row per delivery, with its attempts.
+//! `/v1/webhook-logs`: the delivery log, one row per delivery, with its
+//! attempts; manual redelivery of one, and replay of many.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::ProjectAuth;
 use super::error::ApiError;
-use super::error::responses::{Conflict, NotFound, Unauthorized, Unprocessable};
-use super::extract::{PageParams, QueryMap};
+use super::error::responses::{
+    BadRequest, Conflict, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
+};
+use super::extract::{PageParams, QueryMap, TypedJson};
 use super::{AppState, ListResponse};
 use crate::domain::time::{parse_rfc3339, to_rfc3339};
 use crate::domain::{DeliveryId, EventId, WebhookId};
 use crate::store::{Attempt, Backend as _, DeliveryLog, DeliveryStatus, LogFilter, Retried};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list)).routes(routes!(show)).routes(routes!(retry))
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(show)).routes(routes!(retry)).routes(routes!(replay))
 }
 
 /// A delivery's state: `pending` until it is `sent` or has `failed` for good.
@@ -149,26 +152,28 @@ pub struct LogFilters {
 }
 
 fn parse_filter(q: &QueryMap) -> Result<LogFilter, ApiError> {
-    let status = q
-        .get("status")
+    filter_from(|field| q.get(field))
+}
+
+/// The list's filters from wherever they come (the query, or a replay's body).
+fn filter_from<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<LogFilter, ApiError> {
+    let status = get("status")
         .map(|s| DeliveryStatus::parse(s).ok_or_else(|| ApiError::invalid("status", "must be pending, sent or failed")))
         .transpose()?;
-    let webhook_id = q
-        .get("webhook_id")
+    let webhook_id = get("webhook_id")
         .map(|s| WebhookId::parse(s).ok_or_else(|| ApiError::invalid("webhook_id", "is not a webhook id")))
         .transpose()?;
-    let event_id = q
-        .get("event_id")
+    let event_id = get("event_id")
         .map(|s| EventId::parse(s).ok_or_else(|| ApiError::invalid("event_id", "is not an event id")))
         .transpose()?;
     let time = |field: &'static str| {
-        q.get(field)
+        get(field)
             .map(|s| parse_rfc3339(s).ok_or_else(|| ApiError::invalid(field, "must be an RFC 3339 timestamp")))
             .transpose()
     };
     Ok(LogFilter {
         status,
-        event: q.get("event").map(str::to_owned),
+        event: get("event").map(str::to_owned),
         webhook_id,
         event_id,
         since: time("since")?,
@@ -223,6 +228,89 @@ async fn show(
     let id = DeliveryId::parse(&id).ok_or(ApiError::NotFound)?;
     let (log, attempts) = app.store.get_log(project, id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(LogDetailView { log: log.into(), attempt_history: attempts.into_iter().map(Into::into).collect() }))
+}
+
+/// What to replay: the list's filters, `since` required, and `dry_run`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Deliveries created at or after this time (RFC 3339). Required: a
+    /// replay is always bounded in time.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// Deliveries created before this time (RFC 3339).
+    #[schema(format = DateTime)]
+    pub until: Option<String>,
+    /// Only deliveries in this state; `pending` ones match but are never requeued.
+    #[schema(value_type = Option<DeliveryState>)]
+    pub status: Option<String>,
+    /// Only deliveries of this event type, e.g. `order.created`.
+    pub event: Option<String>,
+    /// Only deliveries to this webhook (`wh_…`).
+    pub webhook_id: Option<String>,
+    /// Only deliveries of this event (`evt_…`).
+    pub event_id: Option<String>,
+    /// Count what matches and change nothing.
+    #[serde(default)]
+    #[schema(default = false)]
+    pub dry_run: bool,
+}
+
+/// The 202 answer to a replay.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayView {
+    /// Deliveries the filters matched, pending ones included.
+    pub matched: u64,
+    /// Matching deliveries that this replay makes pending again, due now,
+    /// with a fresh attempt budget (0 for a dry run). The first 1,000 are
+    /// pending before this answer and counted exactly; the rest are counted
+    /// now and requeued right after, in batches. A delivery that changes in
+    /// between (another replay or a manual retry took it) is left alone rather
+    /// than sent twice, so the final count can be lower.
+    pub requeued: u64,
+}
+
+/// Replay deliveries in bulk.
+///
+/// Every delivery the filters match that is not pending goes back to
+/// `pending`, due now, with a fresh attempt budget; it keeps its id
+/// (`webhook-id`) and its attempt history, which numbers on. Pending ones are
+/// left alone, so the same replay sent twice in a row sends nothing twice.
+/// Replayed deliveries wait their turn like any other: fairness, rate limits
+/// and open circuits apply. Deliveries to a disabled webhook fail again
+/// without an attempt: enable it first. With `dry_run`, nothing changes.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-logs/replay",
+    tag = "webhook-logs",
+    operation_id = "replay_webhook_logs",
+    request_body(content = ReplayRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the matching deliveries are being requeued", body = ReplayView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+async fn replay(
+    State(app): State<AppState>,
+    ProjectAuth(project): ProjectAuth,
+    TypedJson(body): TypedJson<ReplayRequest>,
+) -> Result<(StatusCode, Json<ReplayView>), ApiError> {
+    let filter = filter_from(|field| match field {
+        "since" => Some(body.since.as_str()),
+        "until" => body.until.as_deref(),
+        "status" => body.status.as_deref(),
+        "event" => body.event.as_deref(),
+        "webhook_id" => body.webhook_id.as_deref(),
+        "event_id" => body.event_id.as_deref(),
+        _ => None,
+    })?;
+    let replayed = app.queue.replay(project, filter, body.dry_run).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReplayView { matched: replayed.matched, requeued: replayed.requeued })))
 }
 
 /// Send a delivery again now.

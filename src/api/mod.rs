@@ -105,8 +105,8 @@ impl<T> ListResponse<T> {
     ),
     tags(
         (name = "events", description = "Report business events; each is delivered to the project's webhooks"),
-        (name = "webhooks", description = "The project's webhook endpoints"),
-        (name = "webhook-logs", description = "Deliveries, their attempts, and manual redelivery"),
+        (name = "webhooks", description = "The project's webhook endpoints, and test deliveries to them"),
+        (name = "webhook-logs", description = "Deliveries, their attempts, manual redelivery and replay"),
         (name = "signing-secret", description = "The secret that signs deliveries"),
         (name = "admin", description = "Operator routes, on only with --admin-token"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -148,13 +148,20 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI document of this build, with the events described by `catalog`:
-/// the ingest body per event, and the events a webhook may subscribe to.
+/// the ingest body per event, the events a webhook may subscribe to, and the
+/// `data` of hookline's own events (`webhook.*`).
 pub fn openapi(catalog: &Catalog) -> serde_json::Value {
     let mut doc = serde_json::to_value(documented_routes().into_openapi()).expect("the document serializes");
     add_connection_answers(&mut doc);
     let schemas = &mut doc["components"]["schemas"];
     schemas["IngestRequest"] = ingest_schema(catalog);
-    let names: Vec<serde_json::Value> = catalog.names().map(Into::into).collect();
+    for (name, description, data) in catalog.operational() {
+        let mut data = data.clone();
+        data["title"] = format!("data of {name}").into();
+        data["description"] = description.into();
+        schemas[name] = data;
+    }
+    let names: Vec<serde_json::Value> = catalog.subscribable_names().map(Into::into).collect();
     schemas["CreateWebhook"]["properties"]["event"]["enum"] = names.clone().into();
     // Absent or null leaves the event as it is.
     schemas["UpdateWebhook"]["properties"]["event"]["enum"] =

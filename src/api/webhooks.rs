@@ -1,4 +1,5 @@
-//! `/v1/webhooks`: a project's webhook endpoints (`project_webhooks`).
+//! `/v1/webhooks`: a project's webhook endpoints (`project_webhooks`), and
+//! test deliveries to them.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -20,13 +21,15 @@ use crate::domain::{EventName, TargetUrl, WebhookId};
 use crate::store::{Backend as _, Webhook, WebhookCreation, WebhookPatch};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(show, update, remove))
+    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(show, update, remove)).routes(routes!(test))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// The event type this webhook receives, e.g. `order.created`.
+    /// The event type this webhook receives, e.g. `order.created`, or
+    /// `webhook.disabled` to hear when hookline disables another webhook of
+    /// the project.
     pub event: String,
     /// `https://` (or `http://` in `--dev` or an allowed range); checked
     /// against internal addresses now and before every attempt.
@@ -58,7 +61,9 @@ fn check_rate_limit(rate_limit: Option<u32>) -> Result<Option<u32>, ApiError> {
     }
 }
 
-/// The fields to change; absent ones stay as they are.
+/// The fields to change; absent ones stay as they are. `is_active: true`
+/// enables a webhook hookline disabled, and clears `disabled_reason` and
+/// `disabled_at`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
@@ -78,8 +83,15 @@ pub struct WebhookView {
     pub id: String,
     pub event: String,
     pub target_url: String,
-    /// Inactive webhooks get no new deliveries (a receiver's 410 Gone deactivates one).
+    /// Inactive webhooks get no new deliveries. hookline disables one whose
+    /// receiver answers 410 Gone, or whose every attempt has failed for longer
+    /// than `--disable-after` (5 days by default).
     pub is_active: bool,
+    /// Why hookline disabled this webhook, in a sentence; `null` unless it did.
+    pub disabled_reason: Option<String>,
+    /// When hookline disabled it; `null` unless it did.
+    #[schema(format = DateTime)]
+    pub disabled_at: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -95,6 +107,8 @@ impl From<Webhook> for WebhookView {
             event: w.event.to_string(),
             target_url: w.target_url.to_string(),
             is_active: w.is_active,
+            disabled_reason: w.disabled.as_ref().map(|d| d.reason.clone()),
+            disabled_at: w.disabled.as_ref().map(|d| to_rfc3339(d.at)),
             created_at: to_rfc3339(w.created_at),
             updated_at: to_rfc3339(w.updated_at),
             rate_limit: w.rate_limit,
@@ -102,8 +116,17 @@ impl From<Webhook> for WebhookView {
     }
 }
 
+/// An event a webhook may subscribe to: one clients send, or one of
+/// hookline's own that is sent to subscribers (`webhook.disabled`).
 fn parse_event(app: &AppState, s: &str) -> Result<EventName, ApiError> {
-    app.settings.catalog.event_name(s).ok_or_else(|| ApiError::unknown_event("event", &app.settings.catalog))
+    let catalog = &app.settings.catalog;
+    catalog.subscribable(s).ok_or_else(|| {
+        let allowed: Vec<&str> = catalog.subscribable_names().collect();
+        ApiError::invalid(
+            "event",
+            format!("is not an event a webhook can subscribe to; allowed: {}", allowed.join(", ")),
+        )
+    })
 }
 
 /// Parses the URL and checks every address it resolves to against the SSRF policy.
@@ -150,6 +173,7 @@ async fn create(
         event,
         target_url: url,
         is_active: body.is_active,
+        disabled: None,
         created_at: now,
         updated_at: now,
         rate_limit,
@@ -248,6 +272,41 @@ async fn update(
     let patch = WebhookPatch { event, target_url, is_active: body.is_active, rate_limit };
     let hook = app.store.update_webhook(project, id, patch, now_ms()).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(hook.into()))
+}
+
+/// The 202 answer to a test delivery.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TestDeliveryView {
+    /// The test delivery (`dlv_…`); follow it in `GET /v1/webhook-logs/{id}`.
+    pub delivery_id: String,
+}
+
+/// Send a test delivery.
+///
+/// Commits a `webhook.test` event (`data`: `webhook_id`, `sent_at`) with one
+/// delivery to this webhook only, whatever its event and even when it is
+/// disabled, signed, retried and logged like any delivery.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/test",
+    tag = "webhooks",
+    operation_id = "test_webhook",
+    params(("id" = String, Path, description = "The webhook's id (`wh_…`)")),
+    responses(
+        (status = 202, description = "Accepted: the test delivery is committed and due now", body = TestDeliveryView),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+async fn test(
+    State(app): State<AppState>,
+    ProjectAuth(project): ProjectAuth,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TestDeliveryView>), ApiError> {
+    let id = WebhookId::parse(&id).ok_or(ApiError::NotFound)?;
+    let delivery = app.queue.send_test(project, id).await?.ok_or(ApiError::NotFound)?;
+    Ok((StatusCode::ACCEPTED, Json(TestDeliveryView { delivery_id: delivery.id.to_string() })))
 }
 
 /// Delete a webhook. Its pending deliveries fail without another attempt.

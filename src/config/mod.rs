@@ -29,6 +29,9 @@ pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,14h,20h,24h";
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 /// A receiver asking for longer (`Retry-After`) gets this.
 pub const DEFAULT_RETRY_AFTER_CAP: &str = "1h";
+/// Five days of nothing but failures: longer than the default retry schedule
+/// (about three days), so one delivery's whole schedule failing is not enough.
+pub const DEFAULT_DISABLE_AFTER: &str = "5d";
 
 /// Where the data lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -248,6 +251,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKLINE_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
 
+    /// A webhook whose every attempt has failed for longer than this, counted
+    /// from the first failure after its last success, is disabled.
+    #[arg(long, env = "HOOKLINE_DISABLE_AFTER", default_value = DEFAULT_DISABLE_AFTER, value_parser = humantime::parse_duration)]
+    pub disable_after: Duration,
+
     /// On SIGTERM/SIGINT, how long in-flight deliveries and open API
     /// connections may take to finish; then they are dropped.
     #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -365,6 +373,8 @@ pub struct DeliverySettings {
     pub shutdown_grace: Duration,
     /// The first cool-down of a target's open circuit.
     pub breaker_cooldown: Duration,
+    /// How long a webhook may fail, with no success in between, before it is disabled.
+    pub disable_after: Duration,
 }
 
 impl DeliverySettings {
@@ -425,6 +435,7 @@ impl Settings {
         ensure_valid(!a.client_timeout.is_zero(), "client-timeout", || "must be positive".into())?;
         ensure_valid(a.max_connections >= 1, "max-connections", || "must be at least 1".into())?;
         ensure_valid(a.max_webhooks_per_project >= 1, "max-webhooks-per-project", || "must be at least 1".into())?;
+        ensure_valid(!a.disable_after.is_zero(), "disable-after", || "must be positive".into())?;
         ensure_valid(a.lease > a.request_timeout + a.connect_timeout, "lease", || {
             format!(
                 "({}) must be longer than --request-timeout plus --connect-timeout, or a slow delivery would be taken over while still running",
@@ -477,6 +488,7 @@ impl Settings {
                 max_per_target: a.max_per_target,
                 shutdown_grace: a.shutdown_grace,
                 breaker_cooldown: a.breaker_cooldown,
+                disable_after: a.disable_after,
             },
             retention: Duration::from_secs(u64::from(a.retention_days) * 86_400),
             prune_interval: a.prune_interval,
@@ -501,6 +513,7 @@ mod tests {
         assert_eq!(s.database.max_connections, DEFAULT_DB_MAX_CONNECTIONS);
         assert_eq!(s.http.client_timeout, Duration::from_secs(30));
         assert_eq!(s.http.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.delivery.disable_after, Duration::from_secs(5 * 86_400));
     }
 
     #[test]
@@ -529,6 +542,7 @@ mod tests {
         assert!(err(&["--client-timeout", "0s"]).contains("--client-timeout"));
         assert!(err(&["--max-connections", "0"]).contains("--max-connections"));
         assert!(err(&["--max-webhooks-per-project", "0"]).contains("--max-webhooks-per-project"));
+        assert!(err(&["--disable-after", "0s"]).contains("--disable-after"));
     }
 
     #[test]

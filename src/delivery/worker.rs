@@ -29,13 +29,13 @@ use super::envelope;
 use super::policy::{Decision, ErrorClass, Outcome, RetryPolicy, parse_retry_after};
 use crate::config::DeliverySettings;
 use crate::domain::time::now_ms;
-use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs};
+use crate::domain::{DeliveryId, ProjectId, SigningSecret, UnixMs, Verdict};
 use crate::projects;
 use crate::queue::breaker::Health;
 use crate::queue::schedule::{Limits, Scheduler, Step, Ticket};
 use crate::queue::{HandoffReceiver, Queue};
 use crate::signing;
-use crate::store::{Attempt, Claimed, Completion, LeaseToken, NextState, Store};
+use crate::store::{Attempt, Claimed, Completion, DeliveryKind, LeaseToken, NextState, Store};
 use crate::vault::Vault;
 
 /// Most deliveries claimed in one statement.
@@ -347,7 +347,8 @@ fn failed_without_attempt(c: &Claimed, reason: &str) -> TaskEnd {
         attempts: Vec::new(),
         target_url: None,
         last_error: Some(reason.to_owned()),
-        deactivate_webhook: false,
+        webhook_id: c.webhook_id.clone(),
+        verdict: None,
     })
 }
 
@@ -357,7 +358,9 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
     let Some((url, active)) = c.webhook.clone() else {
         return (failed_without_attempt(&c, "the webhook was deleted"), Health::Unknown);
     };
-    if !active {
+    // A test delivery is the one kind sent to a disabled webhook: testing a
+    // disabled endpoint is how its owner learns whether to enable it again.
+    if !active && c.kind != DeliveryKind::Test {
         return (failed_without_attempt(&c, "the webhook is disabled"), Health::Unknown);
     }
 
@@ -414,6 +417,8 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         Err(e) if e.class == ErrorClass::Signing => Health::Unknown,
         Err(_) => Health::Down,
     };
+    // Our own signing failure says nothing about the endpoint.
+    let about_endpoint = health != Health::Unknown;
     let (outcome, last_error) = match result {
         Ok(answer) => {
             let code = answer.status;
@@ -429,7 +434,10 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
             (Outcome::Error(e.class), Some(e.message))
         }
     };
-    let decision = shared.retry.decide(number, &outcome, now_ms(), &mut rand::rng());
+    // The retry policy counts the attempts of the current budget only (a
+    // replay starts a fresh one); the history numbers on.
+    let in_budget = number - c.attempt_base;
+    let decision = shared.retry.decide(in_budget, &outcome, now_ms(), &mut rand::rng());
     let (next, deactivate, outcome) = match decision {
         Decision::Sent => (NextState::Sent, false, "sent"),
         Decision::Failed { deactivate } => (NextState::Failed, deactivate, "failed"),
@@ -444,9 +452,14 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         "delivery attempt"
     );
     if deactivate {
-        tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; deactivating the webhook");
+        tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; disabling the webhook");
     }
     attempts.push(attempt);
+    let verdict = about_endpoint.then_some(match next {
+        _ if deactivate => Verdict::Gone,
+        NextState::Sent => Verdict::Succeeded,
+        NextState::Failed | NextState::RetryAt(_) => Verdict::Failed,
+    });
     let done = TaskEnd::Done(Completion {
         id: c.id,
         lease: c.lease,
@@ -454,7 +467,8 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         attempts,
         target_url: Some(url),
         last_error,
-        deactivate_webhook: deactivate,
+        webhook_id: c.webhook_id,
+        verdict,
     });
     (done, health)
 }

@@ -5,6 +5,11 @@
 //! `order.created` and `order.paid`. `--event-catalog FILE` replaces it with a file
 //! of the same shape: a JSON object from event name to JSON Schema.
 //!
+//! Every catalog also holds the reserved `webhook.*` entries of hookline's own
+//! operational events (see [`super::operational`]): webhooks may subscribe to
+//! the subscribable ones, clients may never send any, and a catalog file may
+//! not define one.
+//!
 //! Validation messages are written here rather than taken from the schema
 //! library, because the library's messages quote the offending value, and event
 //! data must never be echoed into error bodies or logs.
@@ -18,6 +23,7 @@ use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
 
 use super::field::{FieldError, FieldPath};
+use super::operational;
 
 /// The compiled-in catalog, also the reference for the `--event-catalog` format.
 pub const DEFAULT_CATALOG_JSON: &str = include_str!("default_catalog.json");
@@ -31,6 +37,21 @@ pub struct Catalog {
     events: BTreeMap<String, jsonschema::Validator>,
     /// The schemas as written, for the OpenAPI document.
     schemas: BTreeMap<String, Value>,
+    /// hookline's own events (`webhook.*`), which clients cannot send.
+    operational: BTreeMap<String, OperationalEntry>,
+}
+
+/// A reserved entry of `operational_catalog.json`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperationalEntry {
+    /// Whether a webhook may subscribe to it (`webhook.test` goes only to the
+    /// webhook tested).
+    subscribable: bool,
+    /// What it reports, for the OpenAPI document.
+    description: String,
+    /// The JSON Schema of its `data`.
+    data: Value,
 }
 
 /// An event name that the catalog allows. Only [`Catalog::event_name`] makes one.
@@ -119,6 +140,11 @@ impl Catalog {
                 is_valid_event_name(&name),
                 "event name {name:?} must be dotted lower-case words like order.created"
             );
+            anyhow::ensure!(
+                !operational::is_reserved(&name),
+                "event name {name:?} is reserved: {}* names are hookline's own events",
+                operational::RESERVED_PREFIX
+            );
             // `integer` means a signed 64-bit integer (see `schema_type`).
             let mut options =
                 jsonschema::options().should_validate_formats(true).with_keyword("type", super::schema_type::compile);
@@ -135,12 +161,37 @@ impl Catalog {
             schemas.insert(name, schema);
         }
         anyhow::ensure!(!events.is_empty(), "the catalog allows no event");
-        Ok(Self { events, schemas })
+        let operational =
+            serde_json::from_str(operational::OPERATIONAL_CATALOG_JSON).expect("the operational catalog is valid");
+        Ok(Self { events, schemas, operational })
     }
 
-    /// The allowed names, sorted.
+    /// The names clients may send, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.events.keys().map(String::as_str)
+    }
+
+    /// The names a webhook may subscribe to: the clients' events, then
+    /// hookline's subscribable operational events, each sorted.
+    pub fn subscribable_names(&self) -> impl Iterator<Item = &str> {
+        self.names().chain(self.operational.iter().filter(|(_, e)| e.subscribable).map(|(k, _)| k.as_str()))
+    }
+
+    /// The name, if a webhook may subscribe to it.
+    pub fn subscribable(&self, s: &str) -> Option<EventName> {
+        self.event_name(s).or_else(|| {
+            self.operational.get_key_value(s).filter(|(_, e)| e.subscribable).map(|(k, _)| EventName::from_trusted(k))
+        })
+    }
+
+    /// Each operational event with its description and the JSON Schema of its `data`, sorted by name.
+    pub fn operational(&self) -> impl Iterator<Item = (&str, &str, &Value)> {
+        self.operational.iter().map(|(k, e)| (k.as_str(), e.description.as_str(), &e.data))
+    }
+
+    /// The JSON Schema of an operational event's `data`.
+    pub fn operational_schema(&self, name: &str) -> Option<&Value> {
+        self.operational.get(name).map(|e| &e.data)
     }
 
     /// Each allowed event with the JSON Schema of its `data`, sorted by name.
@@ -401,6 +452,20 @@ mod tests {
         assert!(Catalog::from_json_str(r#"{"Order Created": {}}"#).is_err());
         assert!(Catalog::from_json_str(r#"{"invoice.sent": {"type": "object"}}"#).is_ok());
         assert!(Catalog::from_json_str("{}").is_err());
+    }
+
+    #[test]
+    fn webhook_events_are_hookline_s_own() {
+        let catalog = Catalog::builtin();
+        assert!(catalog.event_name("webhook.disabled").is_none(), "clients cannot send it");
+        assert_eq!(catalog.subscribable("webhook.disabled").unwrap().as_str(), "webhook.disabled");
+        assert!(catalog.subscribable("webhook.test").is_none(), "a test goes only to the webhook tested");
+        assert_eq!(
+            catalog.subscribable_names().collect::<Vec<_>>(),
+            ["order.created", "order.paid", "webhook.disabled"]
+        );
+        let err = Catalog::from_json_str(r#"{"webhook.created": {"type": "object"}}"#).err().unwrap();
+        assert!(format!("{err:#}").contains("reserved"), "{err:#}");
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //! - [`Queue::complete`] and [`Queue::release`] (the worker): results back,
 //!   each applied only under the lease it was sent under.
 //! - [`Queue::retry_now`] (the API): a delivery due again at once.
+//! - [`Queue::replay`] and [`Queue::send_test`] (the API): the webhook
+//!   lifecycle's requeues and test deliveries ([`lifecycle`]).
 
 pub mod breaker;
 pub mod handoff;
+pub mod lifecycle;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -23,9 +26,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::time::now_ms;
-use crate::domain::{DeliveryId, ProjectId, UnixMs, WebhookId};
+use crate::domain::{DeliveryId, DisablePolicy, ProjectId, UnixMs, WebhookId};
 use crate::store::{
-    self, Backend as _, Claimed, Completion, Ingested, Lease, LeaseToken, NewEvent, Receipt, Retried, Store, Target,
+    self, Backend as _, Claimed, Completion, DeliveryKind, Ingested, Lease, LeaseToken, NewEvent, Receipt, Retried,
+    Store, Target,
 };
 
 pub use handoff::HandoffReceiver;
@@ -40,13 +44,20 @@ pub struct Queue {
     work_ready: Arc<Notify>,
     /// How long a claimed delivery stays reserved for its worker.
     lease: Duration,
+    /// When recording results disables a webhook (`--disable-after`).
+    disable: DisablePolicy,
 }
 
 impl Queue {
     /// A queue on `store`. With `handoff_limit`, the API and the worker run in
     /// this process: ingest leases new deliveries to the worker and passes
     /// them in memory, at most that many waiting; the receiver is the worker's end.
-    pub fn new(store: Store, lease: Duration, handoff_limit: Option<usize>) -> (Self, Option<HandoffReceiver>) {
+    pub fn new(
+        store: Store,
+        lease: Duration,
+        disable: DisablePolicy,
+        handoff_limit: Option<usize>,
+    ) -> (Self, Option<HandoffReceiver>) {
         let (handoff, receiver) = match handoff_limit {
             Some(limit) => {
                 let (h, rx) = handoff::Handoff::new(limit, lease);
@@ -54,7 +65,7 @@ impl Queue {
             }
             None => (None, None),
         };
-        (Self { store, handoff, work_ready: Arc::new(Notify::new()), lease }, receiver)
+        (Self { store, handoff, work_ready: Arc::new(Notify::new()), lease, disable }, receiver)
     }
 
     /// Commits the event and its deliveries, then passes the deliveries to
@@ -109,8 +120,12 @@ impl Queue {
     }
 
     /// Records results; each applies only under the lease it was sent under.
+    /// A webhook that the results show dead is disabled in the same
+    /// transaction (see [`lifecycle`]).
     pub async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> store::Result<usize> {
-        self.store.complete(done, now).await
+        let completed = self.store.complete(done, now, self.disable).await?;
+        self.disabled(&completed.disabled);
+        Ok(completed.applied)
     }
 
     /// Gives deliveries back unattempted, due at `due_at`.
@@ -164,6 +179,8 @@ fn leased_at_ingest(e: &NewEvent, lease: Lease, receipt: &Receipt, targets: &[Ta
             webhook: Some((target.url.clone(), true)),
             attempts: 0,
             rate_limit: target.rate_limit,
+            attempt_base: 0,
+            kind: DeliveryKind::Event,
         })
         .collect()
 }

@@ -486,6 +486,8 @@ mod tests {
             webhook: Some((TargetUrl::parse(url).unwrap(), true)),
             attempts: 0,
             rate_limit: None,
+            attempt_base: 0,
+            kind: crate::store::DeliveryKind::Event,
         }
     }
 

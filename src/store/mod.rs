@@ -18,12 +18,15 @@
 //!   - `writer.rs`: the one writer thread and its group commit; the checkpoint thread.
 //!   - `queue.rs`: ingest, claim, complete, release, manual retry, queue counts, pruning.
 //!   - `crud.rs`: projects, keys, secrets, webhooks; reads of events and logs.
+//!   - `lifecycle.rs`: the webhook lifecycle (SPEC §9): streaks of failures
+//!     and disabling, in the transaction that records attempts; operational
+//!     events; test deliveries; replay.
 //!   - `rows.rs`: row mapping, written once, and the typed columns.
 //!   - `migrations.rs`: its own small runner over `PRAGMA user_version`.
 //! - [`postgres`]: one database shared by many processes, on sqlx.
 //!   - `batcher.rs`: concurrent ingests written a batch per transaction.
 //!   - `notify.rs`: `LISTEN/NOTIFY`, to wake workers in other processes.
-//!   - `queue.rs`, `crud.rs`, `rows.rs`: as for SQLite.
+//!   - `queue.rs`, `crud.rs`, `lifecycle.rs`, `rows.rs`: as for SQLite.
 //!   - `migrations.rs`: sqlx's migrator, with the SQL files embedded.
 //!
 //! Errors keep their cause. A write that breaks a constraint of the schema
@@ -40,7 +43,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    ApiKeyHash, ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId,
+    ApiKeyHash, ApiKeyId, DeliveryId, DisablePolicy, DisableReason, EventData, EventId, EventName, ProjectId,
+    TargetUrl, UnixMs, Verdict, WebhookId,
 };
 
 /// Errors of the storage layer. A constraint violation says which rule of the
@@ -166,13 +170,26 @@ pub struct Webhook {
     pub event: EventName,
     pub target_url: TargetUrl,
     pub is_active: bool,
+    /// Set when hookline disabled it (then `is_active` is false); cleared
+    /// when it is made active again.
+    pub disabled: Option<Disabled>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
     /// Most requests per second to it, across all workers; `None` for no limit.
     pub rate_limit: Option<u32>,
 }
 
-/// Fields of a webhook to change; `None` leaves a field as it is.
+/// Why and when hookline disabled a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    /// A sentence ([`DisableReason::sentence`]).
+    pub reason: String,
+    pub at: UnixMs,
+}
+
+/// Fields of a webhook to change; `None` leaves a field as it is. Making a
+/// webhook active clears what hookline recorded when it disabled it, and its
+/// streak of failures.
 #[derive(Debug, Clone, Default)]
 pub struct WebhookPatch {
     pub event: Option<EventName>,
@@ -240,6 +257,34 @@ impl DeliveryStatus {
             "pending" => Some(Self::Pending),
             "sent" => Some(Self::Sent),
             "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What a delivery is for. Stored in `webhook_logs.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// An event going to a webhook subscribed to it.
+    Event,
+    /// A test delivery (`POST /v1/webhooks/{id}/test`): sent even when its
+    /// webhook is disabled, as testing a disabled endpoint is how one learns
+    /// whether to enable it again.
+    Test,
+}
+
+impl DeliveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Test => "test",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "event" => Some(Self::Event),
+            "test" => Some(Self::Test),
             _ => None,
         }
     }
@@ -381,8 +426,12 @@ pub struct Claimed {
     pub webhook: Option<(TargetUrl, bool)>,
     /// The webhook's current rate limit (requests per second).
     pub rate_limit: Option<u32>,
-    /// Attempts already recorded.
+    /// Attempts already recorded; the next one is numbered `attempts + 1`.
     pub attempts: u32,
+    /// Attempts made before the current budget began (a replay starts a
+    /// fresh one): the retry policy counts `attempts - attempt_base`.
+    pub attempt_base: u32,
+    pub kind: DeliveryKind,
 }
 
 /// The state a delivery moves to after an attempt.
@@ -417,8 +466,53 @@ pub struct Completion {
     /// The URL the attempt went to (the webhook's current one), kept in the log.
     pub target_url: Option<TargetUrl>,
     pub last_error: Option<String>,
-    /// 410 Gone: the receiver asked to stop.
-    pub deactivate_webhook: bool,
+    /// The delivery's webhook, whose streak of failures the attempt extends or ends.
+    pub webhook_id: WebhookId,
+    /// What the attempt says about the webhook's endpoint; `None` when it
+    /// says nothing (no request was made, or it could not be signed).
+    pub verdict: Option<Verdict>,
+}
+
+/// What recording a batch of results did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completed {
+    /// Results recorded (each only under its current lease).
+    pub applied: usize,
+    /// Webhooks disabled by these results, each with a `webhook.disabled`
+    /// event committed with it.
+    pub disabled: Vec<DisabledWebhook>,
+}
+
+/// A webhook that [`Backend::complete`] disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledWebhook {
+    pub project_id: ProjectId,
+    pub webhook_id: WebhookId,
+    pub reason: DisableReason,
+    /// Its pending deliveries, now failed.
+    pub failed_deliveries: u64,
+    /// Deliveries of its `webhook.disabled` event, to the project's other webhooks.
+    pub notified: usize,
+}
+
+/// A delivery a replay is to requeue, as it was when the replay was asked
+/// for: requeued only if it has not changed since, so a delivery that another
+/// replay or a manual retry requeued (and maybe sent) meanwhile is not sent
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeue {
+    pub id: DeliveryId,
+    pub updated_at: UnixMs,
+    pub attempts: u32,
+}
+
+/// The deliveries a replay's filter matches, read in one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplaySnapshot {
+    /// All of them, pending ones included.
+    pub matched: u64,
+    /// Those not pending, oldest first: the ones to requeue.
+    pub to_requeue: Vec<Requeue>,
 }
 
 /// Counts for readiness and metrics.
@@ -525,6 +619,27 @@ pub trait Backend: Send + Sync {
         now: UnixMs,
     ) -> impl Future<Output = Result<Retried>> + Send;
 
+    /// Reads, in one snapshot, how many deliveries `filter` matches, and
+    /// those of them that are not pending. `filter.since` is required.
+    fn replay_snapshot(
+        &self,
+        project: ProjectId,
+        filter: LogFilter,
+    ) -> impl Future<Output = Result<ReplaySnapshot>> + Send;
+    /// Makes these deliveries pending and due at `now` with a fresh attempt
+    /// budget (their history stays), each only if it is still not pending
+    /// and unchanged since the snapshot. Returns how many were requeued.
+    fn requeue(&self, project: ProjectId, batch: Vec<Requeue>, now: UnixMs)
+    -> impl Future<Output = Result<u64>> + Send;
+    /// Commits a `webhook.test` event and one test delivery of it to this
+    /// webhook, due now; `None` when the project has no such webhook.
+    fn create_test_delivery(
+        &self,
+        project: ProjectId,
+        webhook: WebhookId,
+        now: UnixMs,
+    ) -> impl Future<Output = Result<Option<DeliverySummary>>> + Send;
+
     /// Leases up to `limit` due deliveries until `lease_until`, oldest due
     /// first, passing over those of the webhooks in `skip` (the caller holds
     /// enough of theirs already: another project's fresh work is found behind
@@ -537,8 +652,18 @@ pub trait Backend: Send + Sync {
         skip: Vec<WebhookId>,
     ) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
     /// Records results; each applies only if its lease is still current.
-    /// Returns how many applied.
-    fn complete(&self, done: Vec<Completion>, now: UnixMs) -> impl Future<Output = Result<usize>> + Send;
+    ///
+    /// In the same transaction, each webhook's streak of failures is updated
+    /// from the verdicts, and a webhook that `policy` judges dead (a 410, or
+    /// failing for too long) is disabled: its pending deliveries fail, and a
+    /// `webhook.disabled` event is committed with deliveries to the project's
+    /// other webhooks subscribed to it.
+    fn complete(
+        &self,
+        done: Vec<Completion>,
+        now: UnixMs,
+        policy: DisablePolicy,
+    ) -> impl Future<Output = Result<Completed>> + Send;
     /// Gives deliveries back unattempted, due at `due_at`.
     fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> impl Future<Output = Result<()>> + Send;
 
@@ -672,11 +797,25 @@ impl Backend for Store {
     async fn retry_delivery(&self, project: ProjectId, id: DeliveryId, now: UnixMs) -> Result<Retried> {
         dispatch!(self, s => s.retry_delivery(project, id, now).await)
     }
+    async fn replay_snapshot(&self, project: ProjectId, filter: LogFilter) -> Result<ReplaySnapshot> {
+        dispatch!(self, s => s.replay_snapshot(project, filter).await)
+    }
+    async fn requeue(&self, project: ProjectId, batch: Vec<Requeue>, now: UnixMs) -> Result<u64> {
+        dispatch!(self, s => s.requeue(project, batch, now).await)
+    }
+    async fn create_test_delivery(
+        &self,
+        project: ProjectId,
+        webhook: WebhookId,
+        now: UnixMs,
+    ) -> Result<Option<DeliverySummary>> {
+        dispatch!(self, s => s.create_test_delivery(project, webhook, now).await)
+    }
     async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
         dispatch!(self, s => s.claim(now, lease_until, limit, skip).await)
     }
-    async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
-        dispatch!(self, s => s.complete(done, now).await)
+    async fn complete(&self, done: Vec<Completion>, now: UnixMs, policy: DisablePolicy) -> Result<Completed> {
+        dispatch!(self, s => s.complete(done, now, policy).await)
     }
     async fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> Result<()> {
         dispatch!(self, s => s.release(held, due_at).await)

@@ -30,16 +30,16 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 }
 
 #[test]
-fn demo_shows_two_verified_deliveries_and_their_log_then_exits_0() {
+fn demo_shows_two_verified_deliveries_their_log_and_a_test_delivery_then_exits_0() {
     let (out, stdout, stderr) = run(hookline().arg("demo"));
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
-    assert_eq!(stdout.matches("X-Signature: verified").count(), 2, "{stdout}");
-    assert_eq!(stdout.matches("webhook-signature: verified").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("X-Signature: verified").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("webhook-signature: verified").count(), 3, "{stdout}");
     assert!(!stdout.contains("NOT VERIFIED"), "{stdout}");
-    for event in ["order.created", "order.paid"] {
+    for event in ["order.created", "order.paid", "webhook.test"] {
         assert!(stdout.contains(&format!("event={event}")), "{event} never arrived:\n{stdout}");
     }
-    assert_eq!(stdout.matches(" sent  HTTP 200  attempts 1").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches(" sent  HTTP 200  attempts 1").count(), 3, "{stdout}");
     assert!(stdout.contains("Done:"), "{stdout}");
     // The throwaway database is gone.
     let db = stdout.split("(sqlite://").nth(1).and_then(|s| s.split(')').next()).expect("the demo names its database");

@@ -12,6 +12,7 @@ mod delivery;
 mod events;
 mod fairness;
 mod health;
+mod lifecycle;
 mod logs;
 mod metrics;
 mod nodes;

@@ -40,6 +40,8 @@ fn the_openapi_document_covers_every_route_of_the_spec() {
         ("get", "/v1/webhook-logs"),
         ("get", "/v1/webhook-logs/{id}"),
         ("post", "/v1/webhook-logs/{id}/retry"),
+        ("post", "/v1/webhook-logs/replay"),
+        ("post", "/v1/webhooks/{id}/test"),
         ("post", "/v1/signing-secret/rotate"),
         ("post", "/v1/admin/projects"),
         ("get", "/healthz"),
@@ -109,7 +111,11 @@ fn the_catalog_events_are_described_with_their_data() {
     assert_eq!(created["properties"]["data"]["required"][0], "order_id");
     assert_eq!(created["properties"]["data"]["additionalProperties"], false);
     let events = &doc["components"]["schemas"]["CreateWebhook"]["properties"]["event"]["enum"];
-    assert_eq!(events, &serde_json::json!(["order.created", "order.paid"]));
+    assert_eq!(events, &serde_json::json!(["order.created", "order.paid", "webhook.disabled"]));
+    // hookline's own events: never ingested, their data described.
+    let disabled = &doc["components"]["schemas"]["webhook.disabled"];
+    assert_eq!(disabled["required"], serde_json::json!(["webhook_id", "event", "target_url", "reason", "disabled_at"]));
+    assert!(doc["components"]["schemas"]["webhook.test"]["properties"]["sent_at"].is_object());
 }
 
 #[test]

@@ -488,6 +488,7 @@ backend_tests! {
             (Method::GET, format!("/v1/events/{a_event}"), None),
             (Method::GET, format!("/v1/webhook-logs/{a_delivery}"), None),
             (Method::POST, format!("/v1/webhook-logs/{a_delivery}/retry"), Some(json!({}))),
+            (Method::POST, format!("/v1/webhooks/{a_hook}/test"), Some(json!({}))),
         ];
         for (method, path, body) in &routes {
             for header in ["authorization", "x-api-key"] {

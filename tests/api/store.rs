@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 
-use hookline::domain::{ApiKey, ApiKeyId, EventData, EventId, EventName, ProjectId, TargetUrl, WebhookId};
+use hookline::domain::{
+    ApiKey, ApiKeyId, DisablePolicy, EventData, EventId, EventName, ProjectId, TargetUrl, Verdict, WebhookId,
+};
 use hookline::store::{
     Attempt, Backend as _, Completion, ConstraintKind, DeliveryStatus, IDEMPOTENCY_WINDOW_MS, IdempotencyKey, Ingested,
     NewApiKey, NewEvent, NextState, Project, QueueStats, Receipt, Retried, Store, StoreError, Webhook,
@@ -18,6 +20,8 @@ use crate::helpers::*;
 const T: i64 = 1_800_000_000_000;
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 24 * 60 * MINUTE;
+/// `--disable-after` in these tests: the default, five days.
+const POLICY: DisablePolicy = DisablePolicy { after: std::time::Duration::from_secs(5 * 86_400) };
 
 /// A migrated store with one project and one active webhook for `order.paid`.
 struct Fixture {
@@ -56,6 +60,7 @@ fn webhook(id: WebhookId, project: &ProjectId, event: &str) -> Webhook {
         event: EventName::from_trusted(event),
         target_url: TargetUrl::parse("https://example.com/hook").unwrap(),
         is_active: true,
+        disabled: None,
         created_at: T - DAY * 30,
         updated_at: T - DAY * 30,
         rate_limit: None,
@@ -113,7 +118,8 @@ fn sent(c: &hookline::store::Claimed, at: i64) -> Completion {
         attempts: vec![attempt(c.attempts + 1, at, 200)],
         target_url: None,
         last_error: None,
-        deactivate_webhook: false,
+        webhook_id: c.webhook_id.clone(),
+        verdict: Some(Verdict::Succeeded),
     }
 }
 
@@ -172,13 +178,13 @@ backend_tests! {
         let stale = f.store.claim(T, T + 1000, 10, Vec::new()).await.unwrap().remove(0);
         let current = f.store.claim(T + 1000, T + 2000, 10, Vec::new()).await.unwrap().remove(0);
 
-        assert_eq!(f.store.complete(vec![sent(&stale, T + 1500)], T + 1500).await.unwrap(), 0);
+        assert_eq!(f.store.complete(vec![sent(&stale, T + 1500)], T + 1500, POLICY).await.unwrap().applied, 0);
         let (log, attempts) = f.store.get_log(f.project.clone(), id.clone()).await.unwrap().unwrap();
         assert_eq!(log.status.as_str(), "pending");
         assert_eq!(log.attempts, 0);
         assert!(attempts.is_empty());
 
-        assert_eq!(f.store.complete(vec![sent(&current, T + 1600)], T + 1600).await.unwrap(), 1);
+        assert_eq!(f.store.complete(vec![sent(&current, T + 1600)], T + 1600, POLICY).await.unwrap().applied, 1);
         let (log, attempts) = f.store.get_log(f.project.clone(), id).await.unwrap().unwrap();
         assert_eq!(log.status.as_str(), "sent");
         assert_eq!((log.attempts, log.response_code, log.next_attempt_at), (1, Some(200), None));
@@ -198,14 +204,14 @@ backend_tests! {
             last_error: Some("the receiver answered HTTP 503".into()),
             ..sent(&claimed[1], T + 6)
         };
-        let gone = Completion {
+        let refused = Completion {
             next: NextState::Failed,
-            attempts: vec![attempt(1, T + 6, 410)],
-            last_error: Some("the receiver answered HTTP 410".into()),
-            deactivate_webhook: true,
+            attempts: vec![attempt(1, T + 6, 404)],
+            last_error: Some("the receiver answered HTTP 404".into()),
+            verdict: Some(Verdict::Failed),
             ..sent(&claimed[2], T + 6)
         };
-        let applied = f.store.complete(vec![sent(&claimed[0], T + 6), retry, gone], T + 7).await.unwrap();
+        let applied = f.store.complete(vec![sent(&claimed[0], T + 6), retry, refused], T + 7, POLICY).await.unwrap().applied;
         assert_eq!(applied, 3);
 
         let status = |i: usize| {
@@ -219,12 +225,151 @@ backend_tests! {
         assert_eq!((retried.status.as_str(), retried.next_attempt_at, retried.attempts), ("pending", Some(T + 500), 1));
         assert_eq!(retried.last_error.as_deref(), Some("the receiver answered HTTP 503"));
         assert_eq!(status(2).await.status.as_str(), "failed");
-        let webhook = f.store.get_webhook(f.project.clone(), f.webhook.clone()).await.unwrap().unwrap();
-        assert!(!webhook.is_active, "a 410 deactivates the webhook");
 
         let again = f.store.claim(T + 500, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(again.len(), 1);
-        assert_eq!((again[0].attempts, again[0].webhook.clone()), (1, Some((TargetUrl::parse("https://example.com/hook").unwrap(), false))));
+        assert_eq!((again[0].attempts, again[0].webhook.clone()), (1, Some((TargetUrl::parse("https://example.com/hook").unwrap(), true))));
+    }
+
+    async fn a_410_disables_the_webhook_fails_its_pending_deliveries_and_tells_the_project_at_once(backend) {
+        let f = fixture(&backend).await;
+        let watcher = new_webhook(&f.store, &f.project, "webhook.disabled").await;
+        let gone_one = delivery_at(&f, T).await;
+        let waiting = delivery_at(&f, T + 1).await;
+        let claimed = f.store.claim(T + 2, T + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+        assert_eq!(claimed.id, gone_one);
+        let gone = Completion {
+            next: NextState::Failed,
+            attempts: vec![attempt(1, T + 3, 410)],
+            last_error: Some("the receiver answered HTTP 410".into()),
+            verdict: Some(Verdict::Gone),
+            ..sent(&claimed, T + 3)
+        };
+
+        let done = f.store.complete(vec![gone], T + 4, POLICY).await.unwrap();
+
+        assert_eq!(done.applied, 1);
+        assert_eq!(done.disabled.len(), 1);
+        assert_eq!((done.disabled[0].failed_deliveries, done.disabled[0].notified), (1, 1));
+        let webhook = f.store.get_webhook(f.project.clone(), f.webhook.clone()).await.unwrap().unwrap();
+        assert!(!webhook.is_active);
+        let disabled = webhook.disabled.expect("disabled by hookline");
+        assert_eq!(disabled.at, T + 4);
+        assert!(disabled.reason.contains("410 Gone"), "{}", disabled.reason);
+        let (log, _) = f.store.get_log(f.project.clone(), waiting).await.unwrap().unwrap();
+        assert_eq!(log.status, DeliveryStatus::Failed);
+        assert!(log.last_error.unwrap().contains("disabled the webhook"));
+        // The notice is committed with the disabling: an event, and a delivery due now to the watcher.
+        let notice = f.store.claim(T + 4, T + MINUTE, 10, Vec::new()).await.unwrap();
+        assert_eq!(notice.len(), 1);
+        assert_eq!((notice[0].event_name.as_str(), &notice[0].webhook_id), ("webhook.disabled", &watcher));
+        let data: serde_json::Value = serde_json::from_str(notice[0].data.as_json()).unwrap();
+        assert_eq!(data["webhook_id"], f.webhook.as_str());
+        assert_eq!(data["reason"], disabled.reason.as_str());
+
+        // Enabled again: what hookline recorded goes.
+        let patch = hookline::store::WebhookPatch { is_active: Some(true), ..Default::default() };
+        let enabled = f.store.update_webhook(f.project.clone(), f.webhook.clone(), patch, T + 5).await.unwrap().unwrap();
+        assert!(enabled.is_active && enabled.disabled.is_none());
+    }
+
+    async fn a_webhook_is_disabled_once_it_has_failed_for_longer_than_the_policy_allows(backend) {
+        let f = fixture(&backend).await;
+        let fail = |c: &hookline::store::Claimed, at: i64| Completion {
+            next: NextState::RetryAt(at + DAY),
+            attempts: vec![attempt(c.attempts + 1, at, 500)],
+            last_error: Some("the receiver answered HTTP 500".into()),
+            verdict: Some(Verdict::Failed),
+            ..sent(c, at)
+        };
+        // A success, then failures from T on: not yet after exactly five days.
+        delivery_at(&f, T - DAY).await;
+        let c = f.store.claim(T - DAY, T - DAY + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+        f.store.complete(vec![sent(&c, T - DAY)], T - DAY, POLICY).await.unwrap();
+        let id = delivery_at(&f, T).await;
+        let mut now = T;
+        for _ in 0..5 {
+            let c = f.store.claim(now, now + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+            let done = f.store.complete(vec![fail(&c, now)], now, POLICY).await.unwrap();
+            assert!(done.disabled.is_empty(), "failing for {} days only", (now - T) / DAY);
+            now += DAY;
+        }
+        assert_eq!(now, T + 5 * DAY);
+        let c = f.store.claim(now + 1, now + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+
+        let done = f.store.complete(vec![fail(&c, now + 1)], now + 1, POLICY).await.unwrap();
+
+        assert_eq!(done.disabled.len(), 1, "failing for longer than five days");
+        let reason = f.store.get_webhook(f.project.clone(), f.webhook.clone()).await.unwrap().unwrap().disabled.unwrap().reason;
+        assert!(reason.contains("2027-01-15T08:00:00.000Z"), "counted from the first failure: {reason}");
+        let (log, attempts) = f.store.get_log(f.project.clone(), id).await.unwrap().unwrap();
+        assert_eq!((log.status, attempts.len()), (DeliveryStatus::Failed, 6), "the retry it asked for is failed");
+    }
+
+    async fn a_success_ends_the_streak_and_enabling_starts_afresh(backend) {
+        let f = fixture(&backend).await;
+        delivery_at(&f, T).await;
+        let c = f.store.claim(T, T + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+        let fail = Completion {
+            next: NextState::RetryAt(T + 6 * DAY),
+            attempts: vec![attempt(1, T, 500)],
+            verdict: Some(Verdict::Failed),
+            ..sent(&c, T)
+        };
+        f.store.complete(vec![fail], T, POLICY).await.unwrap();
+        let c = f.store.claim(T + 6 * DAY, T + 6 * DAY + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+
+        let done = f.store.complete(vec![sent(&c, T + 6 * DAY)], T + 6 * DAY, POLICY).await.unwrap();
+
+        assert!(done.disabled.is_empty(), "the attempt that ends the streak succeeded");
+        delivery_at(&f, T + 6 * DAY).await;
+        let c = f.store.claim(T + 6 * DAY, T + 6 * DAY + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+        let fail = Completion { attempts: vec![attempt(1, T + 6 * DAY + 1, 500)], verdict: Some(Verdict::Failed), next: NextState::Failed, ..sent(&c, T + 6 * DAY + 1) };
+        assert!(f.store.complete(vec![fail], T + 6 * DAY + 2, POLICY).await.unwrap().disabled.is_empty(), "a new streak began");
+    }
+
+    async fn a_requeue_applies_only_to_deliveries_unchanged_since_the_snapshot(backend) {
+        let f = fixture(&backend).await;
+        let other = new_project(&f.store).await;
+        let theirs_hook = new_webhook(&f.store, &other, "order.paid").await;
+        for at in [T, T + 1, T + 2] {
+            delivery_at(&f, at).await;
+        }
+        ingest_created(&f.store, event(&other, "order.paid", T + 3)).await;
+        let claimed = f.store.claim(T + 5, T + MINUTE, 10, Vec::new()).await.unwrap();
+        let done: Vec<Completion> = claimed.iter().map(|c| sent(c, T + 6)).collect();
+        f.store.complete(done, T + 6, POLICY).await.unwrap();
+        delivery_at(&f, T + 7).await; // pending
+        let filter = hookline::store::LogFilter { since: Some(T), ..Default::default() };
+
+        let snapshot = f.store.replay_snapshot(f.project.clone(), filter.clone()).await.unwrap();
+
+        assert_eq!((snapshot.matched, snapshot.to_requeue.len()), (4, 3), "pending ones match but are not requeued");
+        // One of them is retried by hand meanwhile: the replay leaves it.
+        f.store.retry_delivery(f.project.clone(), snapshot.to_requeue[0].id.clone(), T + 8).await.unwrap();
+        assert_eq!(f.store.requeue(other.clone(), snapshot.to_requeue.clone(), T + 9).await.unwrap(), 0, "never another project's");
+        assert_eq!(f.store.requeue(f.project.clone(), snapshot.to_requeue.clone(), T + 9).await.unwrap(), 2);
+        assert_eq!(f.store.requeue(f.project.clone(), snapshot.to_requeue.clone(), T + 10).await.unwrap(), 0, "requeued once");
+        let (log, _) = f.store.get_log(f.project.clone(), snapshot.to_requeue[1].id.clone()).await.unwrap().unwrap();
+        assert_eq!((log.status, log.next_attempt_at, log.attempts), (DeliveryStatus::Pending, Some(T + 9), 1));
+        let again = f.store.claim(T + 9, T + MINUTE, 10, Vec::new()).await.unwrap();
+        let replayed = again.iter().find(|c| c.id == snapshot.to_requeue[1].id).unwrap();
+        assert_eq!((replayed.attempts, replayed.attempt_base), (1, 1), "a fresh budget, the history kept");
+        let filter = hookline::store::LogFilter { webhook_id: Some(theirs_hook), ..filter };
+        assert_eq!(f.store.replay_snapshot(f.project.clone(), filter).await.unwrap().matched, 0);
+    }
+
+    async fn a_test_delivery_is_due_now_and_marked_as_a_test(backend) {
+        let f = fixture(&backend).await;
+        let other = new_project(&f.store).await;
+        assert!(f.store.create_test_delivery(other, f.webhook.clone(), T).await.unwrap().is_none());
+
+        let test = f.store.create_test_delivery(f.project.clone(), f.webhook.clone(), T).await.unwrap().unwrap();
+
+        let claimed = f.store.claim(T, T + MINUTE, 10, Vec::new()).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!((&claimed[0].id, claimed[0].kind), (&test.id, hookline::store::DeliveryKind::Test));
+        assert_eq!(claimed[0].event_name.as_str(), "webhook.test");
     }
 
     async fn concurrent_claims_never_hand_out_one_delivery_twice(backend) {
@@ -279,7 +424,7 @@ backend_tests! {
         let held = f.store.claim(T + 1, T + MINUTE, 10, Vec::new()).await.unwrap().remove(0);
         assert_eq!(retry(T + 2).await.unwrap(), Retried::Busy);
         let waiting = Completion { next: NextState::RetryAt(T + MINUTE * 5), ..sent(&held, T + 3) };
-        assert_eq!(f.store.complete(vec![waiting], T + 3).await.unwrap(), 1, "the lease was not cancelled");
+        assert_eq!(f.store.complete(vec![waiting], T + 3, POLICY).await.unwrap().applied, 1, "the lease was not cancelled");
 
         // Waiting for a later attempt: due now.
         let Retried::Due(log) = retry(T + 4).await.unwrap() else { panic!("a waiting delivery is made due") };
@@ -288,7 +433,7 @@ backend_tests! {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, id);
         // Sent: due again.
-        assert_eq!(f.store.complete(vec![sent(&again[0], T + 5)], T + 5).await.unwrap(), 1);
+        assert_eq!(f.store.complete(vec![sent(&again[0], T + 5)], T + 5, POLICY).await.unwrap().applied, 1);
         assert!(matches!(retry(T + 6).await.unwrap(), Retried::Due(_)));
 
         let other = new_project(&f.store).await;
@@ -359,7 +504,7 @@ backend_tests! {
         let old_pending = delivery_at(&f, T - 10 * DAY + 1).await;
         let claimed = f.store.claim(T - 10 * DAY, T - 10 * DAY + MINUTE, 1, Vec::new()).await.unwrap();
         assert_eq!(claimed[0].id, old_sent);
-        f.store.complete(vec![sent(&claimed[0], T - 10 * DAY)], T - 10 * DAY).await.unwrap();
+        f.store.complete(vec![sent(&claimed[0], T - 10 * DAY)], T - 10 * DAY, POLICY).await.unwrap();
         let recent = delivery_at(&f, T - MINUTE).await;
         // No webhook listens to order.created: an event with no deliveries is finished.
         let old_quiet = ingest_created(&f.store, event(&f.project, "order.created", T - 9 * DAY)).await;
@@ -394,7 +539,7 @@ backend_tests! {
         assert_eq!(again[0].id, a);
 
         let batch = vec![sent(first_a, T + 5), sent(&again[0], T + 5), sent(first_b, T + 5)];
-        assert_eq!(f.store.complete(batch, T + 5).await.unwrap(), 2, "the stale result is ignored, the others apply");
+        assert_eq!(f.store.complete(batch, T + 5, POLICY).await.unwrap().applied, 2, "the stale result is ignored, the others apply");
         let (log, attempts) = f.store.get_log(f.project.clone(), a).await.unwrap().unwrap();
         assert_eq!(log.status, DeliveryStatus::Sent);
         assert_eq!(attempts.len(), 1, "only the current lease's attempt is recorded");
@@ -442,7 +587,7 @@ backend_tests! {
         let stats = f.store.queue_stats(T).await.unwrap();
         assert_eq!((stats.pending, stats.due, stats.leased), (4, 1, 2));
 
-        f.store.complete(vec![sent(&claimed[0], T + 1)], T + 1).await.unwrap();
+        f.store.complete(vec![sent(&claimed[0], T + 1)], T + 1, POLICY).await.unwrap();
         let stats = f.store.queue_stats(T + 1).await.unwrap();
         assert_eq!((stats.pending, stats.due, stats.leased), (3, 1, 1));
     }

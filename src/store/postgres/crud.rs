@@ -147,8 +147,8 @@ pub(super) async fn create_webhook(pool: &PgPool, w: Webhook, limit: u32) -> Res
     let inserted = sqlx::query(concat!(
         "INSERT INTO project_webhooks (",
         webhook_columns!(),
-        ") SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
-         WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = $2) < $9"
+        ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+         WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = $2) < $11"
     ))
     .bind(w.id.as_str())
     .bind(w.project_id.as_str())
@@ -158,6 +158,8 @@ pub(super) async fn create_webhook(pool: &PgPool, w: Webhook, limit: u32) -> Res
     .bind(w.created_at)
     .bind(w.updated_at)
     .bind(w.rate_limit.map(|n| n as i32))
+    .bind(w.disabled.as_ref().map(|d| d.reason.as_str()))
+    .bind(w.disabled.as_ref().map(|d| d.at))
     .bind(i64::from(limit))
     .execute(&mut *tx)
     .await
@@ -201,9 +203,15 @@ pub(super) async fn update_webhook(
     now: UnixMs,
 ) -> Result<Option<Webhook>> {
     let found = sqlx::query(concat!(
+        // Made active: what hookline recorded when it disabled the webhook
+        // goes, and a streak of failures starts afresh.
         "UPDATE project_webhooks SET event = COALESCE($1, event), target_url = COALESCE($2, target_url), \
          is_active = COALESCE($3, is_active), updated_at = $4, \
-         rate_limit = CASE WHEN $7 THEN $8 ELSE rate_limit END WHERE id = $5 AND project_id = $6 RETURNING ",
+         rate_limit = CASE WHEN $7 THEN $8 ELSE rate_limit END, \
+         disabled_reason = CASE WHEN $3 THEN NULL ELSE disabled_reason END, \
+         disabled_at = CASE WHEN $3 THEN NULL ELSE disabled_at END, \
+         failing_since = CASE WHEN $3 AND NOT is_active THEN NULL ELSE failing_since END \
+         WHERE id = $5 AND project_id = $6 RETURNING ",
         webhook_columns!()
     ))
     .bind(patch.event.as_ref().map(|e| e.as_str()))

@@ -40,6 +40,7 @@ static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
     Migrator::with_migrations(vec![
         migration(1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
         migration(2, "rate_limit", include_str!("../../../migrations/postgres/0002_rate_limit.sql")),
+        migration(3, "lifecycle", include_str!("../../../migrations/postgres/0003_lifecycle.sql")),
     ])
 });
 

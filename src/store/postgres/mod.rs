@@ -11,6 +11,8 @@
 //! - `queue.rs`: ingest, claim, complete, release, manual retry, queue
 //!   counts, pruning.
 //! - `crud.rs`: projects, keys, secrets, webhooks; reads of events and logs.
+//! - `lifecycle.rs`: streaks of failures and disabling, operational events,
+//!   test deliveries, replay.
 //! - `rows.rs`: row mapping, written once, and the typed columns.
 //! - `migrations.rs`: the schema's migrations, by sqlx's migrator.
 //!
@@ -19,6 +21,7 @@
 
 mod batcher;
 mod crud;
+mod lifecycle;
 mod migrations;
 mod notify;
 mod queue;
@@ -35,7 +38,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::domain::UnixMs;
+use crate::domain::{DisablePolicy, UnixMs};
 
 /// How long a query waits for a free pooled connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,12 +195,29 @@ impl Backend for PgStore {
         queue::retry_delivery(&self.pool, &self.announce, project, id, now).await
     }
 
+    async fn replay_snapshot(&self, project: ProjectId, f: LogFilter) -> Result<ReplaySnapshot> {
+        lifecycle::replay_snapshot(&self.pool, project, f).await
+    }
+
+    async fn requeue(&self, project: ProjectId, batch: Vec<Requeue>, now: UnixMs) -> Result<u64> {
+        lifecycle::requeue(&self.pool, &self.announce, project, batch, now).await
+    }
+
+    async fn create_test_delivery(
+        &self,
+        project: ProjectId,
+        webhook: WebhookId,
+        now: UnixMs,
+    ) -> Result<Option<DeliverySummary>> {
+        lifecycle::create_test_delivery(&self.pool, &self.announce, project, webhook, now).await
+    }
+
     async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
         queue::claim(&self.pool, now, lease_until, limit, skip).await
     }
 
-    async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
-        queue::complete(&self.pool, done, now).await
+    async fn complete(&self, done: Vec<Completion>, now: UnixMs, policy: DisablePolicy) -> Result<Completed> {
+        queue::complete(&self.pool, &self.announce, done, now, policy).await
     }
 
     async fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> Result<()> {

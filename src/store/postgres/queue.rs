@@ -11,15 +11,15 @@
 //! process could take announce it (`notify.rs`) after the commit.
 
 use sqlx::Row as _;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnection, PgPool};
 
-use super::db_err;
 use super::notify::Announcer;
-use super::rows::{log_columns, log_from_row, row};
-use crate::domain::{DeliveryId, EventData, EventId, ProjectId, TargetUrl, UnixMs, WebhookId};
+use super::rows::{kind_from_sql, log_columns, log_from_row, row};
+use super::{db_err, lifecycle};
+use crate::domain::{DeliveryId, DisablePolicy, EventData, EventId, ProjectId, TargetUrl, UnixMs, WebhookId};
 use crate::store::{
-    Claimed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken, NewEvent,
-    QueueStats, Receipt, Result, Retried, StoreError, Target,
+    Claimed, Completed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken,
+    NewEvent, QueueStats, Receipt, Result, Retried, StoreError, Target,
 };
 
 /// Writes events (none with an idempotency key) and their deliveries in one
@@ -51,7 +51,7 @@ pub(super) async fn ingest_batch(pool: &PgPool, events: &[NewEvent]) -> sqlx::Re
         let key = (e.project_id.to_string(), e.name.as_str().to_owned());
         let mut mine = Vec::new();
         for (webhook_id, target_url) in by_pair.get(&key).map(Vec::as_slice).unwrap_or_default() {
-            let id = DeliveryId::generate();
+            let id = DeliveryId::generate_at(e.created_at);
             d.push(&id, e, webhook_id, &target_url.url);
             mine.push((id, webhook_id.clone(), target_url.clone()));
         }
@@ -223,7 +223,7 @@ pub(super) async fn ingest_keyed(pool: &PgPool, announce: &Announcer, e: NewEven
         .iter()
         .map(|r| {
             let target = Target { url: r.try_get(1)?, rate_limit: r.try_get::<Option<i32>, _>(2)?.map(|n| n as u32) };
-            Ok((DeliveryId::generate(), r.try_get(0)?, target))
+            Ok((DeliveryId::generate_at(e.created_at), r.try_get(0)?, target))
         })
         .collect::<sqlx::Result<Vec<(DeliveryId, String, Target)>>>()
         .map_err(db_err)?;
@@ -344,10 +344,10 @@ const CLAIM: &str = "WITH due AS MATERIALIZED (
      ), leased AS (
          UPDATE webhook_logs l SET lease_token = $1, next_attempt_at = $2
          FROM due WHERE l.id = due.id
-         RETURNING l.id, l.project_id, l.event_id, l.webhook_id, l.attempts
+         RETURNING l.id, l.project_id, l.event_id, l.webhook_id, l.attempts, l.attempt_base, l.kind
      )
      SELECT c.id, c.project_id, c.event_id, e.event_name, e.created_at, e.data, c.webhook_id,
-            w.target_url, w.is_active, c.attempts, w.rate_limit
+            w.target_url, w.is_active, c.attempts, w.rate_limit, c.attempt_base, c.kind
      FROM leased c JOIN events e ON e.id = c.event_id LEFT JOIN project_webhooks w ON w.id = c.webhook_id";
 
 pub(super) async fn claim(
@@ -386,6 +386,8 @@ pub(super) async fn claim(
                 webhook: url.zip(active),
                 attempts: r.try_get::<i32, _>(9)? as u32,
                 rate_limit: r.try_get::<Option<i32>, _>(10)?.map(|n| n as u32),
+                attempt_base: r.try_get::<i32, _>(11)? as u32,
+                kind: kind_from_sql(r.try_get(12)?)?,
             })
         })
         .collect::<sqlx::Result<_>>()
@@ -393,8 +395,8 @@ pub(super) async fn claim(
 }
 
 /// Records a batch of results; each row applies only while its lease is the
-/// current one. Attempts are kept and 410s deactivate webhooks only for the
-/// rows that applied.
+/// current one, and only the attempts of rows that applied are kept. Answers
+/// the rows that applied.
 const COMPLETE: &str = "WITH done AS (
          UPDATE webhook_logs l SET
              status = c.status,
@@ -406,10 +408,10 @@ const COMPLETE: &str = "WITH done AS (
              updated_at = $1,
              target_url = COALESCE(c.target_url, l.target_url)
          FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::int8[], $6::int4[], $7::int4[], $8::text[],
-                     $9::text[], $10::bool[])
-             AS c (id, lease, status, next_attempt_at, response_code, counted, last_error, target_url, deactivate)
+                     $9::text[])
+             AS c (id, lease, status, next_attempt_at, response_code, counted, last_error, target_url)
          WHERE l.id = c.id AND l.lease_token = c.lease
-         RETURNING l.id, c.lease, l.webhook_id, c.deactivate
+         RETURNING l.id, c.lease
      ), recorded AS (
          -- Only the attempts whose result applied: matched on the lease too,
          -- as a batch may hold a stale result for the same delivery.
@@ -417,32 +419,50 @@ const COMPLETE: &str = "WITH done AS (
                                         error, response_body)
          SELECT a.delivery_id, a.number, a.started_at, a.duration_ms, a.response_code, a.error_class, a.error,
                 a.response_body
-         FROM UNNEST($11::text[], $12::int4[], $13::int8[], $14::int8[], $15::int4[], $16::text[],
-                     $17::text[], $18::text[], $19::int8[])
+         FROM UNNEST($10::text[], $11::int4[], $12::int8[], $13::int8[], $14::int4[], $15::text[],
+                     $16::text[], $17::text[], $18::int8[])
              AS a (delivery_id, number, started_at, duration_ms, response_code, error_class, error, response_body,
                    lease)
          WHERE (a.delivery_id, a.lease) IN (SELECT id, lease FROM done)
-     ), deactivated AS (
-         UPDATE project_webhooks w SET is_active = FALSE, updated_at = $1
-         FROM done WHERE done.deactivate AND w.id = done.webhook_id
      )
-     SELECT count(*) FROM done";
+     SELECT id, lease FROM done";
 
-/// Records a batch of results in one statement.
-async fn complete_batch(pool: &PgPool, done: &[Completion], now: UnixMs) -> sqlx::Result<usize> {
+/// Records a batch of results, and what they say about their webhooks, in
+/// one transaction.
+///
+/// Locks come in one order, the one disabling takes: first the webhooks with
+/// results, by id, then deliveries. So two batches, or a batch and a
+/// disabling, never each hold what the other waits for.
+async fn complete_batch(
+    pool: &PgPool,
+    done: &[Completion],
+    now: UnixMs,
+    policy: DisablePolicy,
+) -> sqlx::Result<Completed> {
     if done.is_empty() {
-        return Ok(0);
+        return Ok(Completed::default());
     }
+    let mut tx = pool.begin().await?;
+    let webhooks = lifecycle::lock_webhooks(&mut tx, done).await?;
+    let applied = record_results(&mut tx, done, now).await?;
+    let applied: Vec<&Completion> =
+        done.iter().filter(|c| applied.contains(&(c.id.as_str().to_owned(), c.lease))).collect();
+    let disabled = lifecycle::judge(&mut tx, &applied, webhooks, now, policy).await?;
+    tx.commit().await?;
+    Ok(Completed { applied: applied.len(), disabled })
+}
+
+/// The results' statement: the rows that applied, as (id, lease).
+async fn record_results(
+    tx: &mut PgConnection,
+    done: &[Completion],
+    now: UnixMs,
+) -> sqlx::Result<std::collections::HashSet<(String, LeaseToken)>> {
     let n = done.len();
     let (mut ids, mut leases, mut statuses, mut next_at) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut codes, mut counted, mut errors, mut urls, mut deactivate) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let (mut codes, mut counted, mut errors, mut urls) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let mut a_ids = Vec::with_capacity(n);
     let (mut a_number, mut a_started, mut a_duration, mut a_code) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -458,7 +478,6 @@ async fn complete_batch(pool: &PgPool, done: &[Completion], now: UnixMs) -> sqlx
         counted.push(c.attempts.len() as i32);
         errors.push(c.last_error.as_deref());
         urls.push(c.target_url.as_ref().map(TargetUrl::as_str));
-        deactivate.push(c.deactivate_webhook);
         for a in &c.attempts {
             a_ids.push(c.id.as_str());
             a_number.push(a.number as i32);
@@ -471,7 +490,7 @@ async fn complete_batch(pool: &PgPool, done: &[Completion], now: UnixMs) -> sqlx
             a_lease.push(c.lease);
         }
     }
-    let applied = sqlx::query_scalar::<_, i64>(COMPLETE)
+    let applied = sqlx::query_as::<_, (String, LeaseToken)>(COMPLETE)
         .bind(now)
         .bind(ids)
         .bind(leases)
@@ -481,7 +500,6 @@ async fn complete_batch(pool: &PgPool, done: &[Completion], now: UnixMs) -> sqlx
         .bind(counted)
         .bind(errors)
         .bind(urls)
-        .bind(deactivate)
         .bind(a_ids)
         .bind(a_number)
         .bind(a_started)
@@ -491,29 +509,43 @@ async fn complete_batch(pool: &PgPool, done: &[Completion], now: UnixMs) -> sqlx
         .bind(a_error)
         .bind(a_body)
         .bind(a_lease)
-        .fetch_one(pool)
+        .fetch_all(&mut *tx)
         .await?;
-    Ok(applied as usize)
+    Ok(applied.into_iter().collect())
 }
 
-pub(super) async fn complete(pool: &PgPool, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
-    match complete_batch(pool, &done, now).await {
-        Ok(applied) => Ok(applied),
+pub(super) async fn complete(
+    pool: &PgPool,
+    announce: &Announcer,
+    done: Vec<Completion>,
+    now: UnixMs,
+    policy: DisablePolicy,
+) -> Result<Completed> {
+    let completed = match complete_batch(pool, &done, now, policy).await {
+        Ok(completed) => completed,
         // One bad row must not keep the others from being recorded: each
         // on its own, as SQLite's writer falls back to one savepoint each.
         Err(e) if done.len() > 1 => {
             tracing::warn!(error = %e, results = done.len(), "recording a batch of results failed; recording them one by one");
-            let mut applied = 0;
+            let mut all = Completed::default();
             for c in &done {
-                match complete_batch(pool, std::slice::from_ref(c), now).await {
-                    Ok(k) => applied += k,
+                match complete_batch(pool, std::slice::from_ref(c), now, policy).await {
+                    Ok(one) => {
+                        all.applied += one.applied;
+                        all.disabled.extend(one.disabled);
+                    }
                     Err(e) => tracing::error!(error = %e, delivery = %c.id, "recording a result failed"),
                 }
             }
-            Ok(applied)
+            all
         }
-        Err(e) => Err(db_err(e)),
+        Err(e) => return Err(db_err(e)),
+    };
+    // The webhook.disabled events' deliveries may go to any worker.
+    if completed.disabled.iter().any(|d| d.notified > 0) {
+        announce.announce();
     }
+    Ok(completed)
 }
 
 pub(super) async fn release(

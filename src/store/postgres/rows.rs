@@ -12,13 +12,15 @@ use sqlx::postgres::PgRow;
 use super::db_err;
 use crate::domain::{ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, WebhookId};
 use crate::store::{
-    ApiKeyRecord, Attempt, DeliveryLog, DeliveryStatus, DeliverySummary, Event, Result, SealedSecret, Webhook,
+    ApiKeyRecord, Attempt, DeliveryKind, DeliveryLog, DeliveryStatus, DeliverySummary, Disabled, Event, Result,
+    SealedSecret, Webhook,
 };
 
 // Column lists as macros, so statements stay `&'static str` (`concat!`).
 macro_rules! webhook_columns {
     () => {
-        "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit"
+        "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit, disabled_reason, \
+         disabled_at"
     };
 }
 macro_rules! event_columns {
@@ -86,6 +88,11 @@ pub(super) fn webhook_from_row(r: &PgRow) -> sqlx::Result<Webhook> {
         created_at: r.try_get(5)?,
         updated_at: r.try_get(6)?,
         rate_limit: r.try_get::<Option<i32>, _>(7)?.map(|n| n as u32),
+        // Set and cleared together (a CHECK of the schema).
+        disabled: r
+            .try_get::<Option<String>, _>(8)?
+            .zip(r.try_get::<Option<i64>, _>(9)?)
+            .map(|(reason, at)| Disabled { reason, at }),
     })
 }
 
@@ -97,6 +104,10 @@ pub(super) fn event_from_row(r: &PgRow) -> sqlx::Result<Event> {
         data: EventData::from_trusted(r.try_get(3)?),
         created_at: r.try_get(4)?,
     })
+}
+
+pub(super) fn kind_from_sql(s: String) -> sqlx::Result<DeliveryKind> {
+    DeliveryKind::parse(&s).ok_or_else(|| sqlx::Error::Decode(format!("unknown delivery kind {s:?}").into()))
 }
 
 fn status_from_sql(s: String) -> sqlx::Result<DeliveryStatus> {

@@ -130,8 +130,8 @@ pub(super) fn rotate_secret(
 pub(super) fn create_webhook(conn: &Connection, w: &Webhook, limit: u32) -> Result<WebhookCreation> {
     let inserted = conn
         .prepare_cached(&format!(
-            "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
-             WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = ?2) < ?9"
+            "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+             WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = ?2) < ?11"
         ))
         .and_then(|mut s| {
             s.execute(params![
@@ -143,6 +143,8 @@ pub(super) fn create_webhook(conn: &Connection, w: &Webhook, limit: u32) -> Resu
                 w.created_at,
                 w.updated_at,
                 w.rate_limit,
+                w.disabled.as_ref().map(|d| d.reason.as_str()),
+                w.disabled.as_ref().map(|d| d.at),
                 limit
             ])
         })
@@ -178,9 +180,15 @@ pub(super) fn update_webhook(
 ) -> Result<Option<Webhook>> {
     let changed = conn
         .prepare_cached(
+            // Made active: what hookline recorded when it disabled the
+            // webhook goes, and a streak of failures starts afresh.
             "UPDATE project_webhooks SET event = COALESCE(?1, event), target_url = COALESCE(?2, target_url), \
              is_active = COALESCE(?3, is_active), updated_at = ?4, \
-             rate_limit = CASE WHEN ?7 THEN ?8 ELSE rate_limit END WHERE id = ?5 AND project_id = ?6",
+             rate_limit = CASE WHEN ?7 THEN ?8 ELSE rate_limit END, \
+             disabled_reason = CASE WHEN ?3 = 1 THEN NULL ELSE disabled_reason END, \
+             disabled_at = CASE WHEN ?3 = 1 THEN NULL ELSE disabled_at END, \
+             failing_since = CASE WHEN ?3 = 1 AND is_active = 0 THEN NULL ELSE failing_since END \
+             WHERE id = ?5 AND project_id = ?6",
         )
         .and_then(|mut s| {
             s.execute(params![

@@ -13,10 +13,11 @@ use rusqlite::Connection;
 use super::db_err;
 use crate::store::{Result, StoreError};
 
-/// Numbered migrations; `PRAGMA user_version` records the last applied.
+/// Numbered migrations, in order; `PRAGMA user_version` records how many are applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_rate_limit.sql"),
+    include_str!("../../../migrations/sqlite/0003_lifecycle.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet.

@@ -10,6 +10,8 @@
 //! - `writer.rs`: the writer thread with group commit, and the checkpoint thread.
 //! - `queue.rs`: ingest, claim, complete, release, manual retry, queue counts, pruning.
 //! - `crud.rs`: projects, keys, secrets, webhooks; reads of events and logs.
+//! - `lifecycle.rs`: streaks of failures and disabling, operational events,
+//!   test deliveries, replay.
 //! - `rows.rs`: row mapping, written once, and the typed columns.
 //! - `migrations.rs`: the schema's migrations and their runner.
 //!
@@ -19,6 +21,7 @@
 //! pays a cross-thread hop per statement.
 
 mod crud;
+mod lifecycle;
 mod migrations;
 mod queue;
 mod rows;
@@ -31,7 +34,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::domain::UnixMs;
+use crate::domain::{DisablePolicy, UnixMs};
 
 /// Concurrent readers.
 const READERS: usize = 4;
@@ -295,6 +298,23 @@ impl Backend for SqliteStore {
         self.write(move |conn| queue::retry_delivery(conn, &project, &id, now)).await
     }
 
+    async fn replay_snapshot(&self, project: ProjectId, f: LogFilter) -> Result<ReplaySnapshot> {
+        self.read(move |conn| lifecycle::replay_snapshot(conn, &project, &f)).await
+    }
+
+    async fn requeue(&self, project: ProjectId, batch: Vec<Requeue>, now: UnixMs) -> Result<u64> {
+        self.write(move |conn| lifecycle::requeue(conn, &project, &batch, now)).await
+    }
+
+    async fn create_test_delivery(
+        &self,
+        project: ProjectId,
+        webhook: WebhookId,
+        now: UnixMs,
+    ) -> Result<Option<DeliverySummary>> {
+        self.write(move |conn| lifecycle::create_test_delivery(conn, &project, &webhook, now)).await
+    }
+
     async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
         // Drawn once, outside the write, which may run twice.
         let lease: LeaseToken = rand::random();
@@ -304,8 +324,8 @@ impl Backend for SqliteStore {
         self.write(move |conn| queue::claim(conn, lease, now, lease_until, limit, &skip)).await
     }
 
-    async fn complete(&self, done: Vec<Completion>, now: UnixMs) -> Result<usize> {
-        self.write(move |conn| queue::complete(conn, &done, now)).await
+    async fn complete(&self, done: Vec<Completion>, now: UnixMs, policy: DisablePolicy) -> Result<Completed> {
+        self.write(move |conn| queue::complete(conn, &done, now, policy)).await
     }
 
     async fn release(&self, held: Vec<(DeliveryId, LeaseToken)>, due_at: UnixMs) -> Result<()> {

@@ -10,11 +10,14 @@
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::crud::get_log_row;
-use super::db_err;
-use crate::domain::{DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId};
+use super::rows::kind_from_sql;
+use super::{db_err, lifecycle};
+use crate::domain::{
+    DeliveryId, DisablePolicy, EventData, EventId, EventName, ProjectId, TargetUrl, UnixMs, WebhookId,
+};
 use crate::store::{
-    Claimed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken, NewEvent,
-    QueueStats, Receipt, Result, Retried, Target,
+    Claimed, Completed, Completion, DeliveryStatus, DeliverySummary, IDEMPOTENCY_WINDOW_MS, Ingested, LeaseToken,
+    NewEvent, QueueStats, Receipt, Result, Retried, Target,
 };
 
 /// The answer ingest gave for this event: its deliveries, all pending as they
@@ -44,7 +47,9 @@ pub(super) fn ingest(conn: &Connection, e: &NewEvent) -> Result<Ingested> {
     ingest_in_tx(conn, e).map_err(db_err)
 }
 
-fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
+/// Ingest in the caller's transaction; also how the store emits an
+/// operational event (`lifecycle.rs`).
+pub(super) fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
     if let Some(idem) = &e.idempotency {
         let seen = conn
             .prepare_cached(
@@ -90,7 +95,8 @@ fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<Ingested> {
     // Leased deliveries are due when their lease runs out, as if claimed.
     let due_at = e.lease.map_or(e.created_at, |l| l.until);
     for (webhook_id, target) in hooks {
-        let id = DeliveryId::generate();
+        // Its time part is its created_at: a time range of deliveries is an id range.
+        let id = DeliveryId::generate_at(e.created_at);
         insert.execute(params![
             id.as_str(),
             e.project_id.as_str(),
@@ -156,7 +162,8 @@ pub(super) fn claim(
     let mut details = conn
         .prepare_cached(
             "SELECT l.project_id, l.event_id, e.event_name, e.created_at, e.data, l.webhook_id, \
-             w.target_url, w.is_active, l.attempts, w.rate_limit FROM webhook_logs l JOIN events e ON e.id = l.event_id \
+             w.target_url, w.is_active, l.attempts, w.rate_limit, l.attempt_base, l.kind \
+             FROM webhook_logs l JOIN events e ON e.id = l.event_id \
              LEFT JOIN project_webhooks w ON w.id = l.webhook_id WHERE l.id = ?1",
         )
         .map_err(db_err)?;
@@ -179,6 +186,8 @@ pub(super) fn claim(
                     webhook: url.zip(active),
                     attempts: r.get(8)?,
                     rate_limit: r.get(9)?,
+                    attempt_base: r.get(10)?,
+                    kind: kind_from_sql(r.get(11)?)?,
                 })
             })
             .map_err(db_err)?;
@@ -187,13 +196,23 @@ pub(super) fn claim(
     Ok(claimed)
 }
 
-/// Records results; each applies only if its lease is still current.
-pub(super) fn complete(conn: &Connection, done: &[Completion], now: UnixMs) -> Result<usize> {
-    let mut applied = 0;
+/// Records results; each applies only if its lease is still current. Then,
+/// in the same transaction, the webhooks' streaks of failures and whether
+/// any is to be disabled (`lifecycle.rs`).
+pub(super) fn complete(
+    conn: &Connection,
+    done: &[Completion],
+    now: UnixMs,
+    policy: DisablePolicy,
+) -> Result<Completed> {
+    let mut applied = Vec::with_capacity(done.len());
     for c in done {
-        applied += usize::from(complete_one(conn, c, now).map_err(db_err)?);
+        if complete_one(conn, c, now).map_err(db_err)? {
+            applied.push(c);
+        }
     }
-    Ok(applied)
+    let disabled = lifecycle::judge(conn, &applied, now, policy).map_err(db_err)?;
+    Ok(Completed { applied: applied.len(), disabled })
 }
 
 fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
@@ -235,13 +254,6 @@ fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Res
             a.error,
             a.response_body
         ])?;
-    }
-    if c.deactivate_webhook {
-        conn.prepare_cached(
-            "UPDATE project_webhooks SET is_active = 0, updated_at = ?1 \
-             WHERE id = (SELECT webhook_id FROM webhook_logs WHERE id = ?2)",
-        )?
-        .execute(params![now, c.id.as_str()])?;
     }
     Ok(true)
 }

@@ -9,7 +9,9 @@
 use rusqlite::Row;
 
 use crate::domain::{ApiKeyId, DeliveryId, EventData, EventId, EventName, ProjectId, TargetUrl, WebhookId};
-use crate::store::{ApiKeyRecord, Attempt, DeliveryLog, DeliveryStatus, DeliverySummary, Event, Webhook};
+use crate::store::{
+    ApiKeyRecord, Attempt, DeliveryKind, DeliveryLog, DeliveryStatus, DeliverySummary, Disabled, Event, Webhook,
+};
 
 // Typed columns: a stored URL or event name comes back as the domain type it
 // was saved from, and a row that no longer parses is an error, not a string.
@@ -47,10 +49,16 @@ pub(super) fn webhook_from_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
         rate_limit: r.get(7)?,
+        disabled: disabled_from_sql(r.get(8)?, r.get(9)?),
     })
 }
 pub(super) const WEBHOOK_COLUMNS: &str =
-    "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit";
+    "id, project_id, event, target_url, is_active, created_at, updated_at, rate_limit, disabled_reason, disabled_at";
+
+/// `disabled_reason, disabled_at`, which the schema sets and clears together.
+fn disabled_from_sql(reason: Option<String>, at: Option<i64>) -> Option<Disabled> {
+    reason.zip(at).map(|(reason, at)| Disabled { reason, at })
+}
 
 pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
     Ok(Event {
@@ -62,6 +70,10 @@ pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
     })
 }
 pub(super) const EVENT_COLUMNS: &str = "id, project_id, event_name, data, created_at";
+
+pub(super) fn kind_from_sql(s: String) -> rusqlite::Result<DeliveryKind> {
+    DeliveryKind::parse(&s).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, s, rusqlite::types::Type::Text))
+}
 
 fn status_from_sql(s: String) -> rusqlite::Result<DeliveryStatus> {
     DeliveryStatus::parse(&s).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, s, rusqlite::types::Type::Text))

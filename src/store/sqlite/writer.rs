@@ -205,6 +205,7 @@ mod tests {
             event: EventName::from_trusted("order.paid"),
             target_url: TargetUrl::parse("https://example.com/").unwrap(),
             is_active: true,
+            disabled: None,
             created_at: 1,
             updated_at: 1,
             rate_limit: None,
