@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::error::ApiError;
 use crate::api::{self, ApiContext};
-use crate::config::{DatabaseUrl, Role, Sensitive, Settings};
+use crate::config::{DatabaseUrl, HttpSettings, Role, Sensitive, Settings};
 use crate::delivery::Worker;
 use crate::delivery::client::DeliveryClient;
 use crate::domain::DisablePolicy;
@@ -27,6 +28,10 @@ use crate::vault::Vault;
 const HANDOFF_PER_SLOT: usize = 4;
 /// Events deleted per statement, so pruning never holds the writer for long.
 const PRUNE_BATCH: u32 = 500;
+/// File descriptors kept for the process's own use besides the API's
+/// connections, the deliveries' and the database pool's: files, the
+/// listener, DNS lookups, slack.
+const OWN_FILE_DESCRIPTORS: u64 = 256;
 
 /// Opens the database, applies migrations, and loads the vault key: what every
 /// subcommand that touches data needs. `max_connections` sizes the PostgreSQL pool.
@@ -59,6 +64,7 @@ pub async fn open_store(
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    http: HttpSettings,
     worker: Option<Worker>,
     queue: Queue,
     store: Store,
@@ -102,6 +108,11 @@ impl Application {
             Role::Worker => api::worker_router(state),
             Role::Api | Role::All => api::router(state),
         };
+        let mut http = settings.http;
+        // A delivery holds a connection in flight and may keep one idle in the pool.
+        let others = 2 * settings.delivery.max_in_flight as u64
+            + u64::from(settings.database.max_connections)
+            + OWN_FILE_DESCRIPTORS;
         let worker = (settings.role != Role::Api).then(|| {
             let d = &settings.delivery;
             let client = DeliveryClient::new(d.ssrf.clone(), d.connect_timeout, d.request_timeout, d.max_per_target);
@@ -109,9 +120,11 @@ impl Application {
         });
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
+        http.max_connections = crate::server::fit_to_open_file_limit(http.max_connections, others);
         Ok(Self {
             listener,
             router,
+            http,
             worker,
             queue,
             store,
@@ -125,8 +138,9 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then drains: the API stops accepting,
-    /// the worker finishes or gives back its in-flight deliveries.
+    /// Serves until `shutdown` completes, then drains: the API stops accepting
+    /// and its open connections get `--shutdown-grace` to finish, while the
+    /// worker finishes or gives back its in-flight deliveries in the same time.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         tokio::spawn({
@@ -143,10 +157,11 @@ impl Application {
         }
         let worker = self.worker.map(|w| tokio::spawn(w.run(stop.clone())));
         let pruner = tokio::spawn(prune_forever(self.store.clone(), self.retention, self.prune_interval, stop.clone()));
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+        let answers = crate::server::Answers {
+            timed_out: ApiError::RequestTimeout.into_http1_bytes().into(),
+            overloaded: ApiError::Overloaded.into_http1_bytes().into(),
+        };
+        crate::server::serve(self.listener, self.router, self.http, answers, stop.clone()).await;
         if let Some(worker) = worker {
             worker.await.context("the delivery worker panicked")?;
         }

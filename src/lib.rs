@@ -12,18 +12,24 @@
 //! # Layout
 //!
 //! Data flows one way: request → [`api`] (parse into [`domain`] types) →
-//! [`store`] (one transaction) → worker wakes → [`delivery`] (claim, [`signing`],
-//! send through [`ssrf`]-checked connections) → [`store`] (record the attempt).
+//! [`queue`] (one transaction in the [`store`], then hand over) → [`delivery`]
+//! (the scheduler picks, [`signing`], send through [`ssrf`]-checked connections)
+//! → [`queue`] (record the attempt, decide what is next).
 //!
 //! - [`cli`], [`config`]: the command line and the one checked [`config::Settings`]
 //!   (flags > `HOOKLINE_*` variables > TOML file > defaults), passed down in parts.
 //! - [`app`]: builds and runs the API, the worker and the pruner.
+//! - [`server`]: the HTTP server under the API: connections, their time
+//!   limits, the connection limit, shutdown.
 //! - [`domain`]: ids, event catalog, target URLs, keys and secrets, the retry
 //!   schedule, when a webhook is disabled ([`domain::lifecycle`]) and
 //!   hookline's own events ([`domain::operational`]). Pure types, no I/O.
 //! - [`api`]: axum routes, one module per resource; problem+json errors.
 //! - [`queue`]: the outbox path: enqueue (commit, then hand over in memory),
-//!   claim, complete, manual retry; replay and test deliveries ([`queue::lifecycle`]).
+//!   claim, complete, manual retry; which delivery starts next
+//!   ([`queue::schedule`]: fairness, per-target limits, rate limits) and the
+//!   circuit breaker per target ([`queue::breaker`]);
+//!   replay and test deliveries ([`queue::lifecycle`]).
 //! - [`store`]: the only SQL; the [`store::Backend`] contract, its model types
 //!   and errors, and one folder per backend:
 //!   - [`store::sqlite`]: the writer thread (group commit), queue statements,
@@ -55,6 +61,7 @@ pub mod domain;
 pub mod listen;
 pub mod projects;
 pub mod queue;
+pub mod server;
 pub mod signing;
 pub mod ssrf;
 pub mod store;

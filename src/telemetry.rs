@@ -119,6 +119,10 @@ fn describe_metrics() {
     describe_counter!("hookline_ingest_requests_total", "Answers of POST /v1/events, by HTTP status.");
     describe_counter!("hookline_events_accepted_total", "Events stored (202, not replayed), by event type.");
     describe_counter!(
+        "hookline_http_connections_refused_total",
+        "API connections refused because --max-connections were open (answered 503, or closed in a flood)."
+    );
+    describe_counter!(
         "hookline_deliveries_total",
         "Delivery attempts by outcome: sent, failed (for good), retry (another attempt scheduled)."
     );

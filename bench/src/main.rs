@@ -16,7 +16,9 @@
 //! with the worker stopped (`--role api`), then starts a worker-only server on
 //! the same database and measures how fast the backlog drains; `replay`
 //! delivers like `live`, then replays every delivery and measures ingest
-//! meanwhile (`replay.rs`).
+//! meanwhile (`replay.rs`); `noisy` measures one project's deliveries
+//! (*beta*, at a steady rate) while another project's targets (*alpha*'s)
+//! hang until the server's request timeout.
 //!
 //! Layout: `wire` speaks the little HTTP/1.1 the load client and the receiver
 //! need; `receiver` records arrivals; `server` runs the server under test.
@@ -55,6 +57,8 @@ pub enum Scenario {
     Drain,
     /// Deliver like `live`, then replay every delivery and measure steady ingest meanwhile.
     Replay,
+    /// A healthy project's latency while another project's targets hang (SPEC §8).
+    Noisy,
 }
 
 /// Measure a hookline server's end-to-end throughput and latency on this machine.
@@ -64,10 +68,10 @@ pub struct BenchArgs {
     /// Events to send (with --duration: the most to send).
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,
-    /// Send for this long instead of a fixed count (e.g. 60s).
+    /// Send for this long instead of a fixed count (e.g. 60s; noisy: 20s by default).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Send at this steady rate (events/s) instead of as fast as possible.
+    /// Send at this steady rate (events/s) instead of as fast as possible (noisy: 20 by default).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Concurrent keep-alive ingest clients.
@@ -81,6 +85,12 @@ pub struct BenchArgs {
     /// Replay scenario: the steady ingest rate (events/s) measured before and during the replay.
     #[arg(long, default_value_t = 200.0)]
     pub replay_rate: f64,
+    /// Noisy: webhooks of the noisy project, each to a receiver of its own that never answers.
+    #[arg(long, default_value_t = 4)]
+    pub slow_targets: usize,
+    /// Noisy: events the noisy project sends in one burst before the measured one starts.
+    #[arg(long, default_value_t = 200)]
+    pub slow_events: usize,
     /// The `hookline` binary to start as the server under test; by default the
     /// one beside this executable (the same target directory).
     #[arg(long, env = "HOOKLINE_BENCH_SERVER_BIN")]
@@ -194,6 +204,19 @@ pub struct BenchResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<replay::ReplayResult>,
     pub server: Option<ServerResult>,
+    /// The noisy scenario's other project; `ingest` and `delivery` are the measured one's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noisy: Option<NoisyResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NoisyResult {
+    /// Receivers that never answer, one webhook each.
+    pub slow_targets: usize,
+    pub slow_events: usize,
+    pub slow_accepted: usize,
+    /// Connections the server opened to them (each holds one request that hangs).
+    pub slow_connections: u64,
 }
 
 #[derive(Clone)]
@@ -202,18 +225,12 @@ struct Target {
     api_key: String,
 }
 
-/// Creates the project and its webhooks through the admin API.
-async fn set_up(
-    client: &HttpClient,
-    base: &str,
-    admin: &str,
-    receiver: std::net::SocketAddr,
-    webhooks: usize,
-) -> anyhow::Result<Target> {
-    let created = post_json(client, &format!("{base}/v1/admin/projects"), admin, &json!({"name": "bench"})).await?;
+/// Creates a project and one `order.created` webhook per URL through the admin API.
+async fn set_up(client: &HttpClient, base: &str, admin: &str, name: &str, urls: &[String]) -> anyhow::Result<Target> {
+    let created = post_json(client, &format!("{base}/v1/admin/projects"), admin, &json!({"name": name})).await?;
     let api_key = created["api_key"].as_str().context("no api_key in the admin answer")?.to_owned();
-    for i in 0..webhooks {
-        let hook = json!({"event": "order.created", "target_url": format!("http://{receiver}/hook/{i}")});
+    for url in urls {
+        let hook = json!({"event": "order.created", "target_url": url});
         post_json(client, &format!("{base}/v1/webhooks"), &api_key, &hook).await?;
     }
     Ok(Target { base: base.to_owned(), api_key })
@@ -350,9 +367,15 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(args))
 }
 
-async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.url.is_some() && args.scenario == Scenario::Drain {
         bail!("the drain scenario restarts the server, so it cannot target --url");
+    }
+    let noisy = args.scenario == Scenario::Noisy;
+    if noisy {
+        // The measured project sends at a steady rate for a while, unless told otherwise.
+        args.rate.get_or_insert(20.0);
+        args.duration.get_or_insert(Duration::from_secs(20));
     }
     let capacity = match (args.duration, args.rate) {
         (Some(d), Some(rate)) => ((d.as_secs_f64() * rate) as usize + 1).min(args.events.max(1) * 1000),
@@ -383,8 +406,22 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (s.backend_name().to_owned(), Some(s), admin)
         }
     };
-    let target = set_up(&admin_client, &admin.0, &admin.1, receiver_addr, args.webhooks).await?;
+    let urls: Vec<String> = (0..args.webhooks).map(|i| format!("http://{receiver_addr}/hook/{i}")).collect();
+    let name = if noisy { "beta" } else { "bench" };
+    let target = set_up(&admin_client, &admin.0, &admin.1, name, &urls).await?;
     let cpu_before = server.as_ref().map(|s| s.cpu_seconds()).unwrap_or_default();
+
+    // Noisy: project alpha's targets hang; its burst is in before beta starts sending.
+    let mut alpha = None;
+    if noisy {
+        let hanging = receiver::start_hanging(args.slow_targets).await?;
+        let urls: Vec<String> = hanging.addrs.iter().map(|a| format!("http://{a}/hook")).collect();
+        let alpha_target = set_up(&admin_client, &admin.0, &admin.1, "alpha", &urls).await?;
+        let burst = BenchArgs { rate: None, duration: None, ..args.clone() };
+        let burst_times = Arc::new(SendTimes::new(start, args.slow_events));
+        let accepted = ingest(&burst, &alpha_target, burst_times, Arc::default()).await?.accepted;
+        alpha = Some((hanging, accepted));
+    }
 
     // With --duration the expected count is only known once sending stops.
     let expected_now = if args.duration.is_none() { (capacity * args.webhooks) as u64 } else { 0 };
@@ -399,7 +436,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         drain_started_us = Some(times.since_start_us());
         server = Some(ServerUnderTest::restart(dir, "worker", &args.server_args).await?);
     }
-    let complete = wait_for_deliveries(&arrivals, expected, Duration::from_secs(30)).await;
+    // Noisy: beta's deliveries may wait behind alpha's for several request timeouts (15 s each).
+    let stall = Duration::from_secs(if noisy { 120 } else { 30 });
+    let complete = wait_for_deliveries(&arrivals, expected, stall).await;
     progress_task.abort();
     if !args.json {
         eprintln!();
@@ -423,6 +462,13 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let wall = start.elapsed().as_secs_f64();
         ServerResult { cpu_seconds, cpu_percent: 100.0 * cpu_seconds / wall, peak_rss_mb: s.peak_rss_mb() }
     });
+    // Dropping the hanging receivers closes what they hold, so the server stops at once.
+    let noisy_result = alpha.map(|(hanging, slow_accepted)| NoisyResult {
+        slow_targets: hanging.addrs.len(),
+        slow_events: args.slow_events,
+        slow_accepted,
+        slow_connections: hanging.connections.load(Ordering::Relaxed),
+    });
     let result = BenchResult {
         scenario: args.scenario,
         backend,
@@ -440,6 +486,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         replay,
         server: server_result,
+        noisy: noisy_result,
     };
     if let Some(s) = server {
         s.stop().await?;
@@ -483,5 +530,12 @@ fn print_report(r: &BenchResult) {
     }
     if let Some(replay) = &r.replay {
         replay::print_report(replay);
+    }
+    if let Some(n) = &r.noisy {
+        println!(
+            "  noisy      the figures above are project beta's; alpha sent {} events ({} accepted) to {} \
+             targets that never answer, which held {} connections",
+            n.slow_events, n.slow_accepted, n.slow_targets, n.slow_connections
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The benchmark's receiver: a minimal HTTP/1.1 server that answers 200 at
 //! once and measures, for each delivery, the time since its event was sent.
+//! And, for the noisy scenario, receivers that never answer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +99,51 @@ pub async fn start(times: Arc<SendTimes>) -> std::io::Result<(SocketAddr, Arc<Ar
         }
     });
     Ok((addr, arrivals))
+}
+
+/// Receivers that accept connections and read what comes, but never answer:
+/// each request hangs until the server gives up on it. Dropping this closes
+/// them and every connection they hold.
+pub struct Hanging {
+    pub addrs: Vec<SocketAddr>,
+    /// Connections accepted so far, over all of them.
+    pub connections: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        // Each accept loop owns the JoinSet of its connections: aborting it drops them all.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts `n` hanging receivers on 127.0.0.1, each on a port of its own.
+pub async fn start_hanging(n: usize) -> std::io::Result<Hanging> {
+    let connections = Arc::new(AtomicU64::new(0));
+    let (mut addrs, mut tasks) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        addrs.push(listener.local_addr()?);
+        let connections = connections.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut held = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                connections.fetch_add(1, Ordering::Relaxed);
+                held.spawn(async move {
+                    use tokio::io::AsyncReadExt as _;
+                    let mut buf = vec![0u8; 8192];
+                    // Read and drop until the peer closes; never write.
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+                while held.try_join_next().is_some() {}
+            }
+        }));
+    }
+    Ok(Hanging { addrs, connections, tasks })
 }
 
 #[cfg(test)]

@@ -2,19 +2,18 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::check_admin;
+use super::auth::AdminAuth;
 use super::error::ApiError;
 use super::error::responses::{
     BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
 };
 use super::extract::TypedJson;
-use crate::config::Sensitive;
 use crate::projects::{self, ProjectName, ProvisionedView};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -52,12 +51,9 @@ pub struct CreateProject {
 )]
 async fn create_project(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Result<TypedJson<CreateProject>, ApiError>,
+    _: AdminAuth,
+    TypedJson(body): TypedJson<CreateProject>,
 ) -> Result<(StatusCode, Json<ProvisionedView>), ApiError> {
-    // The token is checked before the body, so without it nothing is parsed.
-    check_admin(&headers, app.settings.admin_token.as_ref().map(Sensitive::expose))?;
-    let TypedJson(body) = body?;
     let name = ProjectName::parse(&body.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
     let provisioned = projects::create_project(&app.store, &app.vault, &name).await?;
     tracing::info!(project = %provisioned.project.id, "project created");

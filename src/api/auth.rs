@@ -31,9 +31,24 @@ impl FromRequestParts<AppState> for ProjectAuth {
     }
 }
 
+/// A caller that presented the admin token. As an extractor of the request's
+/// head it runs before any extractor of its body: a caller without the token
+/// is answered 401 (404 with no token configured) without a byte of the body
+/// being read, however much it announces.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        check_admin(&parts.headers, state.settings.admin_token.as_ref().map(crate::config::Sensitive::expose))?;
+        Ok(Self)
+    }
+}
+
 /// Checks the admin token in constant time; admin routes do not exist without one.
 /// Both sides are hashed first, so even the token's length does not show in timing.
-pub fn check_admin(parts_headers: &axum::http::HeaderMap, configured: Option<&str>) -> Result<(), ApiError> {
+fn check_admin(parts_headers: &axum::http::HeaderMap, configured: Option<&str>) -> Result<(), ApiError> {
     use sha2::{Digest as _, Sha256};
     use subtle::ConstantTimeEq as _;
     let Some(configured) = configured else { return Err(ApiError::NotFound) };

@@ -23,6 +23,10 @@ pub enum ApiError {
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 408: the request did not arrive whole within `--client-timeout`; the
+    /// connection is closed after this answer.
+    #[error("the request was not sent in time (--client-timeout); the connection is closed")]
+    RequestTimeout,
     /// 413: the body (or `data`) is larger than allowed.
     #[error("the {what} is larger than the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, limit: usize },
@@ -45,12 +49,21 @@ pub enum ApiError {
     /// rule of the schema (a foreign key or CHECK constraint); its name is logged.
     #[error("the change refers to an object that does not exist or breaks a rule of the schema")]
     ConstraintViolated { constraint: String },
+    /// 422: the project has `--max-webhooks-per-project` webhooks already.
+    #[error(
+        "the project has {limit} webhooks, the most it may have (--max-webhooks-per-project); delete one to add another"
+    )]
+    WebhookLimitReached { limit: u32 },
     /// 422: an `Idempotency-Key` reused for a different request.
     #[error("this Idempotency-Key was already used for a different request in the last 24 hours")]
     IdempotencyKeyReused,
     /// 503: a dependency (the database) is not reachable.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: the server holds `--max-connections` connections already; this one
+    /// is answered and closed. Written by the server, not by a handler.
+    #[error("the server has as many connections open as it serves at once; retry shortly")]
+    Overloaded,
     /// 500: logged with its cause; answered without details.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -73,13 +86,15 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Conflict { .. } | Self::DeliveryBusy => StatusCode::CONFLICT,
-            Self::Validation(_) | Self::ConstraintViolated { .. } | Self::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Validation(_)
+            | Self::ConstraintViolated { .. }
+            | Self::WebhookLimitReached { .. }
+            | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,14 +106,17 @@ impl ApiError {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::RequestTimeout => "request-timeout",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::Conflict { .. } => "conflict",
             Self::DeliveryBusy => "delivery-busy",
             Self::ConstraintViolated { .. } => "constraint-violated",
             Self::Validation(_) => "validation",
+            Self::WebhookLimitReached { .. } => "webhook-limit-reached",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Unavailable(_) => "unavailable",
+            Self::Overloaded => "overloaded",
             Self::Internal(_) => "internal",
         }
     }
@@ -194,15 +212,38 @@ pub mod responses {
     #[derive(ToResponse)]
     #[response(content_type = "application/problem+json")]
     pub struct Unavailable(Problem);
+
+    /// The request, head and body, did not arrive within the server's
+    /// `--client-timeout` (30 s by default); the connection is closed.
+    #[derive(ToResponse)]
+    #[response(
+        content_type = "application/problem+json",
+        headers(("Connection" = String, description = "`close`"))
+    )]
+    pub struct RequestTimeout(Problem);
+
+    /// The server has as many connections open as it serves at once
+    /// (`--max-connections`); this one is closed. Retry after `Retry-After` seconds.
+    #[derive(ToResponse)]
+    #[response(
+        content_type = "application/problem+json",
+        headers(
+            ("Retry-After" = String, description = "Seconds to wait before retrying"),
+            ("Connection" = String, description = "`close`"),
+        )
+    )]
+    pub struct Overloaded(Problem);
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document of this error, and logs an internal error's cause.
+    fn problem(self) -> (StatusCode, Problem) {
         let status = self.status();
         if let Self::Internal(cause) = &self {
             tracing::error!(error = format!("{cause:#}"), "request failed");
         }
         let detail = match &self {
+            Self::Validation(errors) if errors.len() == 1 && errors[0].field.is_empty() => errors[0].message.clone(),
             Self::Validation(errors) if errors.len() == 1 => format!("{}: {}", errors[0].field, errors[0].message),
             other => other.to_string(),
         };
@@ -216,11 +257,56 @@ impl IntoResponse for ApiError {
                 _ => Vec::new(),
             },
         };
+        (status, problem)
+    }
+
+    /// Headers that go with the status: how to authenticate, when to come
+    /// back, and that the connection ends.
+    fn extra_headers(&self) -> &'static [(header::HeaderName, &'static str)] {
+        match self {
+            Self::Unauthorized => &[(header::WWW_AUTHENTICATE, "Bearer")],
+            Self::RequestTimeout => &[(header::CONNECTION, "close")],
+            // A second: connections free up as soon as any client finishes or times out.
+            Self::Overloaded => &[(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")],
+            _ => &[],
+        }
+    }
+
+    /// The whole HTTP/1.1 answer as bytes, closing the connection: for the
+    /// server to write on a connection that no handler serves (a request head
+    /// that never arrived whole, a connection over the limit).
+    pub fn into_http1_bytes(self) -> Vec<u8> {
+        let extra = self.extra_headers();
+        let (status, problem) = self.problem();
+        let body = serde_json::to_vec(&problem).expect("a problem document serializes");
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error"),
+            body.len()
+        );
+        if !extra.iter().any(|(name, _)| name == header::CONNECTION) {
+            out.push_str("connection: close\r\n");
+        }
+        for (name, value) in extra {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let extra = self.extra_headers();
+        let (status, problem) = self.problem();
         let mut response = (status, axum::Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        for (name, value) in extra {
+            headers.insert(name, HeaderValue::from_static(value));
         }
         response
     }

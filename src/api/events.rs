@@ -19,8 +19,9 @@ use super::error::responses::{
 use super::extract::{JsonBody, PageParams, QueryMap};
 use super::logs::DeliveryState;
 use super::{AppState, ListResponse};
+use crate::domain::json::canonical;
 use crate::domain::time::{now_ms, to_rfc3339};
-use crate::domain::{DataError, EventId, operational};
+use crate::domain::{DataError, EventId, FieldPath, operational};
 use crate::store::{Backend as _, DeliverySummary, Event, IdempotencyKey, Ingested, NewEvent, Receipt};
 
 /// Longest `Idempotency-Key` accepted (Stripe's limit).
@@ -180,7 +181,7 @@ async fn ingest(
         return Err(ApiError::invalid("", "the body must be a JSON object with event_name and data"));
     };
     if let Some(unknown) = body.keys().find(|k| *k != "event_name" && *k != "data") {
-        return Err(ApiError::invalid(unknown.clone(), "unknown field"));
+        return Err(ApiError::Validation(vec![FieldPath::root().key(unknown.as_str()).unknown()]));
     }
     let name = match body.get("event_name") {
         None => return Err(ApiError::invalid("event_name", "is required")),
@@ -197,20 +198,22 @@ async fn ingest(
             .ok_or_else(|| ApiError::unknown_event("event_name", &app.settings.catalog))?,
         Some(_) => return Err(ApiError::invalid("event_name", "must be a string")),
     };
-    let data = match body.remove("data") {
+    let sent = match body.remove("data") {
         None => return Err(ApiError::invalid("data", "is required")),
         Some(data @ Value::Object(_)) => data,
         Some(_) => return Err(ApiError::invalid("data", "must be a JSON object")),
     };
-    let data = app.settings.catalog.parse_data(&name, &data, app.settings.max_data_bytes).map_err(|e| match e {
+    let data = app.settings.catalog.parse_data(&name, &sent, app.settings.max_data_bytes).map_err(|e| match e {
         DataError::TooLarge { limit } => ApiError::PayloadTooLarge { what: "data field", limit },
         DataError::Invalid(errors) => ApiError::Validation(errors),
     })?;
+    // The same event is the same data in any key order: its canonical text is
+    // what is compared, not the text as sent.
     let idempotency = idempotency.map(|key| {
         let mut h = Sha256::new();
         h.update(name.as_str());
         h.update([0]);
-        h.update(data.as_json());
+        h.update(canonical(&sent));
         IdempotencyKey { key, fingerprint: h.finalize().into() }
     });
     let now = now_ms();

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::domain::FieldError;
+use crate::domain::field::{FieldError, FieldPath, Step};
+use crate::domain::json::{self, JsonError};
 use crate::store::Page;
 
 /// Bytes beyond `--max-data-bytes` a request body may carry (event name, keys,
@@ -19,7 +20,9 @@ const BODY_SLACK: usize = 16 * 1024;
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
 
-/// A JSON body: 415 unless declared JSON, 413 over the size limit, 400 unless it parses.
+/// A JSON body: 415 unless declared JSON, 413 over the size limit, 408 unless
+/// it arrives within `--client-timeout`, 400 unless it parses, and 422 naming
+/// the key when an object has a key twice.
 pub struct JsonBody(pub Value);
 
 impl FromRequest<AppState> for JsonBody {
@@ -40,15 +43,35 @@ impl FromRequest<AppState> for JsonBody {
             return Err(ApiError::UnsupportedMediaType);
         }
         let limit = state.settings.max_data_bytes + BODY_SLACK;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge { what: "request body", limit })?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+            if caused_by::<crate::server::RequestTimedOut>(&e) {
+                ApiError::RequestTimeout
+            } else if caused_by::<http_body_util::LengthLimitError>(&e) {
+                ApiError::PayloadTooLarge { what: "request body", limit }
+            } else {
+                ApiError::BadRequest("the body could not be read whole".into())
+            }
+        })?;
         // serde_json refuses nesting deeper than 128 levels, so absurd nesting
         // is a 400 here rather than a stack overflow anywhere.
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+        let value = json::parse_strict(&bytes).map_err(|e| match e {
+            JsonError::Malformed(e) => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
+            JsonError::DuplicateKey(path) => ApiError::Validation(vec![path.error("appears more than once")]),
+        })?;
         Ok(Self(value))
     }
+}
+
+/// Whether `e` or an error it wraps is an `E`.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<E>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A JSON body deserialized into `T`; shape errors are 422 naming the field.
@@ -63,27 +86,42 @@ impl<T: DeserializeOwned> FromRequest<AppState> for TypedJson<T> {
             return Err(ApiError::invalid("", "the body must be a JSON object"));
         }
         serde_path_to_error::deserialize(value).map(Self).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::Validation(vec![describe_serde_error(&path, &e.inner().to_string())])
+            let path = FieldPath::from_steps(e.path().iter().filter_map(step).collect());
+            ApiError::Validation(vec![describe_serde_error(path, &e.inner().to_string())])
         })
     }
 }
 
-/// serde's messages quote the offending value; ours name the field and the
-/// expectation only.
-fn describe_serde_error(path: &str, msg: &str) -> FieldError {
-    let at = |name: &str| if path == "." || path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
-    let quoted = |m: &str| m.split('`').nth(1).unwrap_or("?").to_owned();
-    if msg.starts_with("unknown field") {
-        // The path already ends at the unknown field.
-        let field = if path == "." || path.is_empty() { quoted(msg) } else { path.to_owned() };
-        FieldError::new(field, "unknown field")
-    } else if msg.starts_with("missing field") {
-        FieldError::new(at(&quoted(msg)), "is required")
-    } else if let Some((_, expected)) = msg.rsplit_once("expected ") {
-        FieldError::new(path, format!("must be {expected}"))
-    } else {
-        FieldError::new(path, "is not valid")
+fn step(segment: &serde_path_to_error::Segment) -> Option<Step> {
+    use serde_path_to_error::Segment;
+    match segment {
+        Segment::Seq { index } => Some(Step::Index(*index)),
+        Segment::Map { key } => Some(Step::Key(key.clone())),
+        Segment::Enum { .. } | Segment::Unknown => None,
+    }
+}
+
+/// serde's messages quote the offending value; ours name the field (when its
+/// name is plain, see [`FieldPath`]) and the expectation only.
+fn describe_serde_error(path: FieldPath, msg: &str) -> FieldError {
+    // "unknown field `name`, expected one of `a`, `b`" or "unknown field
+    // `name`, there are no fields". The name may hold anything, backquotes
+    // too; what follows it is ours, so it is cut at the last marker.
+    let unknown = msg.strip_prefix("unknown field `").and_then(|rest| {
+        rest.rsplit_once("`, expected ").map(|(name, _)| name).or_else(|| rest.strip_suffix("`, there are no fields"))
+    });
+    if let Some(name) = unknown {
+        let at_field = matches!(path.last(), Some(Step::Key(last)) if last == name);
+        return if at_field { path } else { path.key(name) }.unknown();
+    }
+    // The struct's own field names, not the client's.
+    let missing = msg.strip_prefix("missing field `").and_then(|rest| rest.split_once('`')).map(|(name, _)| name);
+    if let Some(name) = missing {
+        return path.key(name).error("is required");
+    }
+    match msg.rsplit_once("expected ") {
+        Some((_, expected)) => path.error(&format!("must be {expected}")),
+        None => path.error("is not valid"),
     }
 }
 
@@ -142,11 +180,22 @@ mod tests {
 
     #[test]
     fn serde_errors_name_fields_without_values() {
-        let e = describe_serde_error("colour", "unknown field `colour`, expected one of `event`, `target_url`");
+        let root = FieldPath::root;
+        let e = describe_serde_error(root(), "unknown field `colour`, expected one of `event`, `target_url`");
         assert_eq!(e, FieldError::new("colour", "unknown field"));
-        let e = describe_serde_error(".", "missing field `event`");
+        let e = describe_serde_error(root(), "missing field `event`");
         assert_eq!(e, FieldError::new("event", "is required"));
-        let e = describe_serde_error("is_active", "invalid type: string \"private\", expected a boolean");
+        let e = describe_serde_error(root().key("is_active"), "invalid type: string \"private\", expected a boolean");
         assert_eq!(e, FieldError::new("is_active", "must be a boolean"));
+    }
+
+    #[test]
+    fn serde_errors_never_quote_a_key_that_is_not_plain() {
+        let e = describe_serde_error(FieldPath::root(), "unknown field `PII john@example.com`, expected `name`");
+        assert_eq!(e, FieldError::new("", "the body has an unknown field"));
+        let e = describe_serde_error(FieldPath::root(), "unknown field `a`, b`, there are no fields");
+        assert_eq!(e, FieldError::new("", "the body has an unknown field"));
+        let e = describe_serde_error(FieldPath::root(), "unknown field `a`, expected `b`, expected `name`");
+        assert_eq!(e, FieldError::new("", "the body has an unknown field"));
     }
 }

@@ -99,6 +99,8 @@ impl<T> ListResponse<T> {
             error::responses::UnsupportedMediaType,
             error::responses::Unprocessable,
             error::responses::Unavailable,
+            error::responses::RequestTimeout,
+            error::responses::Overloaded,
         ),
     ),
     tags(
@@ -150,6 +152,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 /// `data` of hookline's own events (`webhook.*`).
 pub fn openapi(catalog: &Catalog) -> serde_json::Value {
     let mut doc = serde_json::to_value(documented_routes().into_openapi()).expect("the document serializes");
+    add_connection_answers(&mut doc);
     let schemas = &mut doc["components"]["schemas"];
     schemas["IngestRequest"] = ingest_schema(catalog);
     for (name, description, data) in catalog.operational() {
@@ -164,6 +167,21 @@ pub fn openapi(catalog: &Catalog) -> serde_json::Value {
     schemas["UpdateWebhook"]["properties"]["event"]["enum"] =
         names.into_iter().chain([serde_json::Value::Null]).collect::<Vec<_>>().into();
     doc
+}
+
+/// Adds the answers that the server gives on any route, whatever its handler
+/// does (see [`crate::server`]): 408 for a request not sent within
+/// `--client-timeout`, and 503 for a connection over `--max-connections`
+/// (where a route documents a 503 of its own, that one stays).
+fn add_connection_answers(doc: &mut serde_json::Value) {
+    let reference = |name: &str| serde_json::json!({"$ref": format!("#/components/responses/{name}")});
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for operation in paths.values_mut().filter_map(|p| p.as_object_mut()).flat_map(|p| p.values_mut()) {
+        let Some(responses) = operation.get_mut("responses").and_then(|r| r.as_object_mut()) else { continue };
+        responses.entry("408").or_insert_with(|| reference("RequestTimeout"));
+        responses.entry("503").or_insert_with(|| reference("Overloaded"));
+        responses.sort_keys();
+    }
 }
 
 /// The document as committed in `openapi.json` and printed by `hookline openapi`.
@@ -195,7 +213,9 @@ fn ingest_schema(catalog: &Catalog) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "description": "An event of the catalog and its data; unknown fields are rejected.",
+        "description": "An event of the catalog and its data; unknown fields are rejected. An `integer` \
+            is a JSON integer from -9223372036854775808 to 9223372036854775807, written without a \
+            fraction or exponent. No object may have a key twice.",
         "oneOf": variants,
     })
 }

@@ -18,7 +18,7 @@ use super::extract::{PageParams, QueryMap, TypedJson};
 use super::{AppState, ListResponse};
 use crate::domain::time::{now_ms, to_rfc3339};
 use crate::domain::{EventName, TargetUrl, WebhookId};
-use crate::store::{Backend as _, Webhook, WebhookPatch};
+use crate::store::{Backend as _, Webhook, WebhookCreation, WebhookPatch};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(show, update, remove)).routes(routes!(test))
@@ -178,7 +178,10 @@ async fn create(
         updated_at: now,
         rate_limit,
     };
-    app.store.create_webhook(webhook.clone()).await?;
+    let limit = app.settings.max_webhooks_per_project;
+    if app.store.create_webhook(webhook.clone(), limit).await? == WebhookCreation::LimitReached {
+        return Err(ApiError::WebhookLimitReached { limit });
+    }
     let location = HeaderValue::from_str(&format!("/v1/webhooks/{}", webhook.id)).expect("ids are ASCII");
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(WebhookView::from(webhook))).into_response())
 }

@@ -148,6 +148,10 @@ pub struct DatabaseArgs {
     pub db_max_connections: u32,
 }
 
+/// Enough for thousands of idle or slow clients besides the busy ones; each
+/// costs a file descriptor and a few KiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// Ten per process leaves a stock PostgreSQL (100 connections) room for
 /// eight processes plus administration.
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 10;
@@ -252,9 +256,24 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKLINE_DISABLE_AFTER", default_value = DEFAULT_DISABLE_AFTER, value_parser = humantime::parse_duration)]
     pub disable_after: Duration,
 
-    /// On SIGTERM/SIGINT, how long in-flight deliveries may take to finish.
+    /// On SIGTERM/SIGINT, how long in-flight deliveries and open API
+    /// connections may take to finish; then they are dropped.
     #[arg(long, env = "HOOKLINE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// A client must send a whole request, head and body, within this
+    /// (answered 408 otherwise); an idle kept-alive connection is closed after it.
+    #[arg(long, env = "HOOKLINE_CLIENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub client_timeout: Duration,
+
+    /// API connections open at once; one more is answered 503 and closed.
+    /// Lowered at start to what the process's open-file limit can hold.
+    #[arg(long, env = "HOOKLINE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Webhooks a project may have, active or not; creating one more is a 422.
+    #[arg(long, env = "HOOKLINE_MAX_WEBHOOKS_PER_PROJECT", default_value_t = 100)]
+    pub max_webhooks_per_project: u32,
 
     /// After a rotation, how long the previous signing secret keeps signing too.
     #[arg(long, env = "HOOKLINE_SECRET_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -268,6 +287,7 @@ pub struct Settings {
     pub role: Role,
     pub log_format: LogFormat,
     pub database: DatabaseSettings,
+    pub http: HttpSettings,
     pub api: ApiSettings,
     pub delivery: DeliverySettings,
     /// Events and delivery logs older than this are pruned.
@@ -286,11 +306,25 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
+/// How the HTTP server holds its clients to account (SPEC §10).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The longest a client may take to send a request, and to stay idle between two.
+    pub client_timeout: Duration,
+    /// Connections served at once; past it, new ones are answered 503.
+    pub max_connections: usize,
+    /// How long open connections get on shutdown before they are dropped.
+    pub shutdown_grace: Duration,
+}
+
 /// What the HTTP API needs.
 #[derive(Clone)]
 pub struct ApiSettings {
     pub catalog: Arc<Catalog>,
     pub max_data_bytes: usize,
+    /// Each webhook is a delivery per event and a row to keep: a project
+    /// cannot make one event fan out without bound.
+    pub max_webhooks_per_project: u32,
     /// `None` turns the admin routes off (404).
     pub admin_token: Option<Sensitive>,
     /// How long a rotated-out signing secret keeps signing.
@@ -398,6 +432,9 @@ impl Settings {
         ensure_valid(!a.poll_interval.is_zero(), "poll-interval", || "must be positive".into())?;
         ensure_valid(!a.prune_interval.is_zero(), "prune-interval", || "must be positive".into())?;
         ensure_valid(!a.breaker_cooldown.is_zero(), "breaker-cooldown", || "must be positive".into())?;
+        ensure_valid(!a.client_timeout.is_zero(), "client-timeout", || "must be positive".into())?;
+        ensure_valid(a.max_connections >= 1, "max-connections", || "must be at least 1".into())?;
+        ensure_valid(a.max_webhooks_per_project >= 1, "max-webhooks-per-project", || "must be at least 1".into())?;
         ensure_valid(!a.disable_after.is_zero(), "disable-after", || "must be positive".into())?;
         ensure_valid(a.lease > a.request_timeout + a.connect_timeout, "lease", || {
             format!(
@@ -423,9 +460,15 @@ impl Settings {
                 secret_key: a.db.secret_key,
                 max_connections: a.db.db_max_connections,
             },
+            http: HttpSettings {
+                client_timeout: a.client_timeout,
+                max_connections: a.max_connections,
+                shutdown_grace: a.shutdown_grace,
+            },
             api: ApiSettings {
                 catalog: Arc::new(catalog),
                 max_data_bytes: a.max_data_bytes,
+                max_webhooks_per_project: a.max_webhooks_per_project,
                 admin_token: a.admin_token,
                 secret_overlap: a.secret_overlap,
                 ssrf: ssrf.clone(),
@@ -468,6 +511,8 @@ mod tests {
         assert_eq!(s.delivery.retry.schedule.delays().len(), 9);
         assert_eq!(s.role, Role::All);
         assert_eq!(s.database.max_connections, DEFAULT_DB_MAX_CONNECTIONS);
+        assert_eq!(s.http.client_timeout, Duration::from_secs(30));
+        assert_eq!(s.http.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(s.delivery.disable_after, Duration::from_secs(5 * 86_400));
     }
 
@@ -494,6 +539,9 @@ mod tests {
         assert!(err(&["--db-max-connections", "0"]).contains("--db-max-connections"));
         assert!(err(&["--event-catalog", "/nonexistent.json"]).contains("--event-catalog"));
         assert!(err(&["--prune-interval", "0s"]).contains("--prune-interval"));
+        assert!(err(&["--client-timeout", "0s"]).contains("--client-timeout"));
+        assert!(err(&["--max-connections", "0"]).contains("--max-connections"));
+        assert!(err(&["--max-webhooks-per-project", "0"]).contains("--max-webhooks-per-project"));
         assert!(err(&["--disable-after", "0s"]).contains("--disable-after"));
     }
 

@@ -131,6 +131,8 @@ impl Worker {
         // Whether due work may be waiting in the database; true at start for
         // whatever a previous process left.
         let mut claim_wanted = true;
+        // How many saturated webhooks the last claim passed over.
+        let mut skipped = 0;
 
         loop {
             while let Some(joined) = tasks.try_join_next() {
@@ -151,6 +153,10 @@ impl Worker {
                         }
                         next = ended_rx.try_recv().ok();
                     }
+                    // A webhook passed over at the last claim is no longer saturated: refill it.
+                    if skipped > 0 && scheduler.saturated().len() < skipped {
+                        claim_wanted = true;
+                    }
                 }
                 batch = recv(&mut handoff) => match batch {
                     Some(batch) => self.hold(&shared, &mut scheduler, batch),
@@ -158,7 +164,11 @@ impl Worker {
                 },
                 _ = std::future::ready(()), if claim_wanted && scheduler.waiting() < hold => {
                     let asked = CLAIM_BATCH.min(hold - scheduler.waiting());
-                    match self.queue.claim(now_ms(), asked as u32).await {
+                    // Rows of webhooks that already have a backlog here are
+                    // passed over: another project's fresh work is found behind them.
+                    let skip = scheduler.saturated();
+                    skipped = skip.len();
+                    match self.queue.claim(now_ms(), asked as u32, skip).await {
                         Ok(claimed) => {
                             claim_wanted = claimed.len() == asked;
                             self.hold(&shared, &mut scheduler, claimed);
@@ -334,7 +344,7 @@ fn failed_without_attempt(c: &Claimed, reason: &str) -> TaskEnd {
         id: c.id.clone(),
         lease: c.lease,
         next: NextState::Failed,
-        attempt: None,
+        attempts: Vec::new(),
         target_url: None,
         last_error: Some(reason.to_owned()),
         webhook_id: c.webhook_id.clone(),
@@ -354,28 +364,40 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         return (failed_without_attempt(&c, "the webhook is disabled"), Health::Unknown);
     }
 
-    let number = c.attempts + 1;
-    // The retry policy counts the attempts of the current budget only (a
-    // replay starts a fresh one); the history numbers on.
-    let in_budget = number - c.attempt_base;
+    let mut number = c.attempts + 1;
     let started_at = now_ms();
     let clock = std::time::Instant::now();
-    let result = match secrets.as_deref().filter(|s| !s.is_empty()) {
-        None => Err(SendError {
-            class: ErrorClass::Signing,
-            message: "the project's signing secret could not be loaded".to_owned(),
-        }),
+    let (result, resent_after) = match secrets.as_deref().filter(|s| !s.is_empty()) {
+        None => {
+            let message = "the project's signing secret could not be loaded".to_owned();
+            (Err(SendError { class: ErrorClass::Signing, message }), None)
+        }
         Some(secrets) => {
             let body = match envelope::body(&c.event_id, &c.event_name, c.event_created_at, &c.data) {
                 Ok(body) => body,
                 Err(e) => return (failed_without_attempt(&c, &e.to_string()), Health::Unknown),
             };
             let headers = signed_headers(&c, secrets, &body, started_at / 1000);
-            let result = shared.client.post(&url, headers, body).await.result;
+            let sent = shared.client.post(&url, headers, body).await;
             ::metrics::histogram!("hookline_delivery_attempt_duration_seconds").record(clock.elapsed().as_secs_f64());
-            result
+            (sent.result, sent.resent_after)
         }
     };
+    // A request written on a kept-alive connection that broke, then sent again
+    // on a new one: the receiver may have seen both, so both are attempts.
+    let mut attempts = Vec::with_capacity(2);
+    if let Some(first) = resent_after {
+        attempts.push(Attempt {
+            number,
+            started_at,
+            duration_ms: 0,
+            response_code: None,
+            error_class: Some(first.class.as_str().to_owned()),
+            error: Some(format!("{}; sent again on a new connection", first.message)),
+            response_body: None,
+        });
+        number += 1;
+    }
     if number > 1 {
         ::metrics::counter!("hookline_retries_total").increment(1);
     }
@@ -412,6 +434,9 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
             (Outcome::Error(e.class), Some(e.message))
         }
     };
+    // The retry policy counts the attempts of the current budget only (a
+    // replay starts a fresh one); the history numbers on.
+    let in_budget = number - c.attempt_base;
     let decision = shared.retry.decide(in_budget, &outcome, now_ms(), &mut rand::rng());
     let (next, deactivate, outcome) = match decision {
         Decision::Sent => (NextState::Sent, false, "sent"),
@@ -429,6 +454,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
     if deactivate {
         tracing::info!(delivery = %c.id, webhook = %c.webhook_id, "receiver answered 410 Gone; disabling the webhook");
     }
+    attempts.push(attempt);
     let verdict = about_endpoint.then_some(match next {
         _ if deactivate => Verdict::Gone,
         NextState::Sent => Verdict::Succeeded,
@@ -438,7 +464,7 @@ async fn deliver(shared: &Shared, c: Claimed, secrets: Option<Arc<Vec<SigningSec
         id: c.id,
         lease: c.lease,
         next,
-        attempt: Some(attempt),
+        attempts,
         target_url: Some(url),
         last_error,
         webhook_id: c.webhook_id,

@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
 
+use super::field::{FieldError, FieldPath};
 use super::operational;
 
 /// The compiled-in catalog, also the reference for the `--event-catalog` format.
@@ -105,21 +106,6 @@ impl fmt::Debug for EventData {
     }
 }
 
-/// One reason an input was refused, pointing at the field: `data.items[0].sku`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    /// The offending field's path, e.g. `data.items[0].sku`; empty for the body itself.
-    pub field: String,
-    /// What is wrong with it; never quotes the value sent.
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
-    }
-}
-
 /// Why event data was refused.
 #[derive(Debug)]
 pub enum DataError {
@@ -159,7 +145,9 @@ impl Catalog {
                 "event name {name:?} is reserved: {}* names are hookline's own events",
                 operational::RESERVED_PREFIX
             );
-            let mut options = jsonschema::options().should_validate_formats(true);
+            // `integer` means a signed 64-bit integer (see `schema_type`).
+            let mut options =
+                jsonschema::options().should_validate_formats(true).with_keyword("type", super::schema_type::compile);
             // A schema that names no dialect is read as Draft 7: it has every
             // keyword event schemas need, and its meta-schema, which checks
             // each catalog schema once at start, costs a fraction of the
@@ -223,7 +211,7 @@ impl Catalog {
         // collecting every error costs several times more, so only a refused
         // event pays for it.
         if !validator.is_valid(data) {
-            let mut errors: Vec<FieldError> = validator.iter_errors(data).map(|e| describe(data, &e)).collect();
+            let mut errors: Vec<FieldError> = validator.iter_errors(data).flat_map(|e| describe(data, &e)).collect();
             errors.sort_by(|a, b| a.field.cmp(&b.field));
             errors.dedup();
             if errors.is_empty() {
@@ -246,18 +234,18 @@ fn is_valid_event_name(s: &str) -> bool {
             .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
 }
 
-/// Turns a schema error into a field path and a message that never quotes the value.
-fn describe(data: &Value, e: &jsonschema::ValidationError<'_>) -> FieldError {
+/// Turns a schema error into field errors (one per unknown field) that never
+/// quote the value, nor a key that is not plain.
+fn describe(data: &Value, e: &jsonschema::ValidationError<'_>) -> Vec<FieldError> {
     let path = field_path(data, e.instance_path.as_str());
-    let child = |name: &str| format!("{path}.{name}");
     match &e.kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            FieldError::new(child(&unexpected.join(", ")), "unknown field")
+            unexpected.iter().map(|name| path.clone().key(name.as_str()).unknown()).collect()
         }
         ValidationErrorKind::Required { property } => {
-            FieldError::new(child(property.as_str().unwrap_or("?")), "is required")
+            vec![path.key(property.as_str().unwrap_or("?")).error("is required")]
         }
-        kind => FieldError::new(path, message(kind)),
+        kind => vec![path.error(&message(kind))],
     }
 }
 
@@ -287,35 +275,35 @@ fn message(kind: &ValidationErrorKind) -> String {
         K::Constant { expected_value } => format!("must be {expected_value}"),
         K::UniqueItems => "must not contain duplicate items".into(),
         K::MultipleOf { multiple_of } => format!("must be a multiple of {multiple_of}"),
+        // Our own keywords' messages, which never quote the value.
+        K::Custom { message } => message.clone(),
         _ => "is not allowed here".into(),
     }
 }
 
 /// `/items/0/sku` → `data.items[0].sku`, using the value to tell array indexes
 /// from object keys that happen to be digits.
-fn field_path(data: &Value, pointer: &str) -> String {
-    let mut out = String::from("data");
+fn field_path(data: &Value, pointer: &str) -> FieldPath {
+    let mut path = FieldPath::root().key("data");
     let mut current = Some(data);
     for raw in pointer.split('/').skip(1) {
         let seg = raw.replace("~1", "/").replace("~0", "~");
-        match current {
-            Some(Value::Array(items)) => {
-                out.push_str(&format!("[{seg}]"));
-                current = seg.parse::<usize>().ok().and_then(|i| items.get(i));
+        match (current, seg.parse::<usize>()) {
+            (Some(Value::Array(items)), Ok(i)) => {
+                current = items.get(i);
+                path = path.index(i);
             }
-            Some(Value::Object(map)) => {
-                out.push('.');
-                out.push_str(&seg);
+            (Some(Value::Object(map)), _) => {
                 current = map.get(&seg);
+                path = path.key(seg);
             }
             _ => {
-                out.push('.');
-                out.push_str(&seg);
                 current = None;
+                path = path.key(seg);
             }
         }
     }
-    out
+    path
 }
 
 #[cfg(test)]
@@ -374,6 +362,72 @@ mod tests {
                 assert!(!e.message.contains("tuesday") && !e.message.contains("eur"));
             }
         }
+    }
+
+    #[test]
+    fn integers_are_json_integers_that_fit_a_signed_64_bit_integer() {
+        // The raw text of `total_amount`, and whether it is accepted.
+        let cases = [
+            ("0", true),
+            ("1999", true),
+            ("9223372036854775807", true),
+            ("9223372036854775808", false),
+            ("18446744073709551615", false),
+            ("18446744073709551616", false),
+            ("1e300", false),
+            ("1E2", false),
+            ("1.0", false),
+        ];
+        for (text, accepted) in cases {
+            let data: Value = serde_json::from_str(&format!(r#"{{"order_id": "o", "total_amount": {text}}}"#)).unwrap();
+            match check("order.created", data) {
+                Ok(parsed) => {
+                    assert!(accepted, "{text} was accepted");
+                    assert!(parsed.as_json().contains(&format!(":{text}}}")), "{text} stored as {}", parsed.as_json());
+                }
+                Err(errors) => {
+                    assert!(!accepted, "{text} was refused: {errors:?}");
+                    assert_eq!(errors, [FieldError::new("data.total_amount", super::super::schema_type::NOT_AN_INT64)]);
+                }
+            }
+        }
+        let errors = check(
+            "order.created",
+            json!({"order_id": "o", "items": [{"sku": "a", "quantity": 1e3, "unit_price": 1e19}]}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["data.items[0].quantity", "data.items[0].unit_price"],
+        );
+    }
+
+    #[test]
+    fn a_catalog_may_still_take_any_number_where_it_says_number() {
+        let catalog = Catalog::from_json_str(
+            r#"{"reading.taken": {"type": "object", "properties": {
+                "value": {"type": "number"}, "count": {"type": ["integer", "null"]}}}}"#,
+        )
+        .unwrap();
+        let name = catalog.event_name("reading.taken").unwrap();
+        let parse = |data: Value| catalog.parse_data(&name, &data, 1024).map(|d| d.as_json().to_owned());
+        assert!(parse(json!({"value": 1e300, "count": null})).is_ok());
+        assert!(parse(json!({"value": 2.5, "count": 7})).is_ok());
+        let Err(DataError::Invalid(errors)) = parse(json!({"count": 7.0})) else { panic!("7.0 accepted") };
+        assert_eq!(errors, [FieldError::new("data.count", super::super::schema_type::NOT_AN_INT64)]);
+        let Err(DataError::Invalid(errors)) = parse(json!({"count": "7"})) else { panic!("\"7\" accepted") };
+        assert_eq!(errors, [FieldError::new("data.count", "must be of type integer or null")]);
+    }
+
+    #[test]
+    fn errors_never_quote_a_key_that_is_not_plain() {
+        let errors = check("order.paid", json!({"order_id": "o", "PII_john@example.com": 1, "colour": 2})).unwrap_err();
+        assert_eq!(
+            errors,
+            [FieldError::new("data", "has an unknown field"), FieldError::new("data.colour", "unknown field")]
+        );
+        let errors = check("order.paid", json!({"order_id": "o", "metadata": {"john doe": 5}})).unwrap_err();
+        assert_eq!(errors, [FieldError::new("data.metadata", "has a field that must be of type string")]);
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! code past the API never holds an unchecked id, event name, URL or secret.
 
 pub mod catalog;
+pub mod field;
 pub mod ids;
+pub mod json;
 pub mod lifecycle;
 pub mod operational;
 pub mod retry;
+mod schema_type;
 pub mod secrets;
 pub mod target_url;
 pub mod time;
 
-pub use catalog::{Catalog, DataError, EventData, EventName, FieldError};
+pub use catalog::{Catalog, DataError, EventData, EventName};
+pub use field::{FieldError, FieldPath};
 pub use ids::{ApiKeyId, DeliveryId, EventId, ProjectId, WebhookId};
 pub use lifecycle::{DisablePolicy, DisableReason, Verdict};
 pub use operational::Operational;

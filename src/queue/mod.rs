@@ -113,9 +113,10 @@ impl Queue {
         Ok(retried)
     }
 
-    /// Leases up to `limit` due deliveries to the caller, from `now` for the lease period.
-    pub async fn claim(&self, now: UnixMs, limit: u32) -> store::Result<Vec<Claimed>> {
-        self.store.claim(now, now + self.lease.as_millis() as i64, limit).await
+    /// Leases up to `limit` due deliveries to the caller, from `now` for the
+    /// lease period, none of the webhooks in `skip`.
+    pub async fn claim(&self, now: UnixMs, limit: u32, skip: Vec<WebhookId>) -> store::Result<Vec<Claimed>> {
+        self.store.claim(now, now + self.lease.as_millis() as i64, limit, skip).await
     }
 
     /// Records results; each applies only under the lease it was sent under.

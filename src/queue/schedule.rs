@@ -43,7 +43,10 @@ pub const SLOW_ANSWER: Duration = Duration::from_secs(1);
 pub const HOLD_MS: i64 = 1_000;
 /// Most deliveries of one webhook held here, so a webhook whose target is
 /// slow cannot fill the memory of the worker.
-pub const MAX_WAITING_PER_WEBHOOK: usize = 256;
+pub const MAX_WAITING_PER_WEBHOOK: usize = 1_024;
+/// A webhook with this many deliveries waiting here is *saturated*: claims
+/// pass over its rows, so other webhooks' work is found behind its backlog.
+pub const SATURATED: usize = 256;
 /// Target states kept before idle ones are forgotten.
 const TARGETS_KEPT: usize = 4_096;
 
@@ -176,6 +179,15 @@ impl Scheduler {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Webhooks with at least [`SATURATED`] deliveries waiting.
+    pub fn saturated(&self) -> Vec<WebhookId> {
+        let mut full = Vec::new();
+        for q in self.projects.values() {
+            full.extend(q.by_webhook.iter().filter(|(_, line)| line.len() >= SATURATED).map(|(w, _)| w.clone()));
+        }
+        full
     }
 
     /// Targets whose circuit is open.

@@ -316,6 +316,14 @@ pub enum Ingested {
     KeyReused,
 }
 
+/// What [`Backend::create_webhook`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookCreation {
+    Created,
+    /// The project had as many webhooks as its limit: nothing was written.
+    LimitReached,
+}
+
 /// One row of `webhook_logs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryLog {
@@ -451,9 +459,10 @@ pub struct Completion {
     pub id: DeliveryId,
     pub lease: LeaseToken,
     pub next: NextState,
-    /// The attempt made; `None` when no request was sent (the webhook was
-    /// deleted or disabled in the meantime).
-    pub attempt: Option<Attempt>,
+    /// The attempts made, in order: usually one; two when a request written on
+    /// a kept-alive connection got no answer and was sent again on a new one;
+    /// none when no request was sent (the webhook was deleted or disabled).
+    pub attempts: Vec<Attempt>,
     /// The URL the attempt went to (the webhook's current one), kept in the log.
     pub target_url: Option<TargetUrl>,
     pub last_error: Option<String>,
@@ -565,7 +574,10 @@ pub trait Backend: Send + Sync {
         overlap_until: UnixMs,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    fn create_webhook(&self, webhook: Webhook) -> impl Future<Output = Result<()>> + Send;
+    /// Adds a webhook only while its project has fewer than `limit`: the
+    /// count and the insert are one step, so concurrent creations cannot
+    /// pass the limit together.
+    fn create_webhook(&self, webhook: Webhook, limit: u32) -> impl Future<Output = Result<WebhookCreation>> + Send;
     fn list_webhooks(&self, project: ProjectId, page: Page) -> impl Future<Output = Result<Paged<Webhook>>> + Send;
     fn get_webhook(&self, project: ProjectId, id: WebhookId) -> impl Future<Output = Result<Option<Webhook>>> + Send;
     fn update_webhook(
@@ -628,8 +640,17 @@ pub trait Backend: Send + Sync {
         now: UnixMs,
     ) -> impl Future<Output = Result<Option<DeliverySummary>>> + Send;
 
-    /// Leases up to `limit` due deliveries until `lease_until`.
-    fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
+    /// Leases up to `limit` due deliveries until `lease_until`, oldest due
+    /// first, passing over those of the webhooks in `skip` (the caller holds
+    /// enough of theirs already: another project's fresh work is found behind
+    /// a backlog).
+    fn claim(
+        &self,
+        now: UnixMs,
+        lease_until: UnixMs,
+        limit: u32,
+        skip: Vec<WebhookId>,
+    ) -> impl Future<Output = Result<Vec<Claimed>>> + Send;
     /// Records results; each applies only if its lease is still current.
     ///
     /// In the same transaction, each webhook's streak of failures is updated
@@ -737,8 +758,8 @@ impl Backend for Store {
     ) -> Result<()> {
         dispatch!(self, s => s.rotate_secret(project, sealed, now, overlap_until).await)
     }
-    async fn create_webhook(&self, webhook: Webhook) -> Result<()> {
-        dispatch!(self, s => s.create_webhook(webhook).await)
+    async fn create_webhook(&self, webhook: Webhook, limit: u32) -> Result<WebhookCreation> {
+        dispatch!(self, s => s.create_webhook(webhook, limit).await)
     }
     async fn list_webhooks(&self, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
         dispatch!(self, s => s.list_webhooks(project, page).await)
@@ -790,8 +811,8 @@ impl Backend for Store {
     ) -> Result<Option<DeliverySummary>> {
         dispatch!(self, s => s.create_test_delivery(project, webhook, now).await)
     }
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
-        dispatch!(self, s => s.claim(now, lease_until, limit).await)
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
+        dispatch!(self, s => s.claim(now, lease_until, limit, skip).await)
     }
     async fn complete(&self, done: Vec<Completion>, now: UnixMs, policy: DisablePolicy) -> Result<Completed> {
         dispatch!(self, s => s.complete(done, now, policy).await)

@@ -35,6 +35,24 @@ backend_tests! {
         assert_problem(r, 401).await;
     }
 
+    async fn admin_routes_refuse_a_wrong_token_before_reading_the_body(backend) {
+        // The client timeout is far off: only the token can explain an answer.
+        let app = TestApp::spawn_with(&backend, &["--client-timeout", "60s"]).await;
+        for authorization in ["Authorization: Bearer wrong-token-wrong-token\r\n", ""] {
+            let mut client = RawConnection::open(&app.base).await;
+            let head = format!(
+                "POST /v1/admin/projects HTTP/1.1\r\nHost: hookline\r\n{authorization}\
+                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+            );
+            let started = std::time::Instant::now();
+            client.send(head.as_bytes()).await;
+            let answer = client.answer().await;
+            assert_eq!(answer.status, 401, "{authorization:?}");
+            assert_eq!(answer.problem()["type"], "/problems/unauthorized");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "answered after {:?}", started.elapsed());
+        }
+    }
+
     async fn admin_routes_do_not_exist_without_an_admin_token(backend) {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("h.db").display());

@@ -5,7 +5,40 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use crate::helpers::*;
 
+/// POSTs `text` as JSON, exactly as written, as the app's project.
+async fn post_text(app: &TestApp, path: &str, text: &str) -> reqwest::Response {
+    app.http
+        .post(app.url(path))
+        .bearer_auth(&app.project.api_key)
+        .header("content-type", "application/json")
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
 backend_tests! {
+    async fn integer_fields_take_only_integers_that_fit_a_signed_64_bit_integer(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let receiver = Receiver::start().await;
+        app.add_webhook("order.created", &receiver.url("/")).await;
+        let event = |amount: &str| {
+            format!(r#"{{"event_name": "order.created", "data": {{"order_id": "o", "total_amount": {amount}}}}}"#)
+        };
+        for amount in ["1e300", "18446744073709551616", "9223372036854775808", "1E2", "1.0"] {
+            let problem = assert_problem(post_text(&app, "/v1/events", &event(amount)).await, 422).await;
+            assert_eq!(problem_fields(&problem), ["data.total_amount"], "{amount}");
+            assert!(problem["errors"][0]["message"].as_str().unwrap().contains("9223372036854775807"), "{problem}");
+        }
+
+        let r = post_text(&app, "/v1/events", &event("9223372036854775807")).await;
+        assert_eq!(r.status(), 202);
+        let got = receiver.wait_for(1).await;
+        let body = String::from_utf8_lossy(&got[0].body);
+        assert!(body.contains(r#""total_amount":9223372036854775807"#), "delivered as {body}");
+        assert_eq!(app.get_json("/v1/events").await["data"].as_array().unwrap().len(), 1);
+    }
+
     async fn an_event_is_delivered_to_its_webhook_signed_with_both_schemes(backend) {
         let app = TestApp::spawn(&backend).await;
         let receiver = Receiver::start().await;
@@ -219,6 +252,77 @@ backend_tests! {
         for bad in ["limit=0", "limit=201", "limit=x", "cursor=bogus"] {
             assert_problem(app.get(&format!("/v1/events?{bad}")).send().await.unwrap(), 422).await;
         }
+    }
+
+    async fn validation_errors_name_a_field_only_when_its_key_is_plain(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let secret = "PII_john@example.com";
+        // (the body, the field and message of its one error)
+        let cases = [
+            (json!({"event_name": "order.paid", "data": {"order_id": "o", secret: 1}}), "data", "has an unknown field"),
+            (json!({"event_name": "order.paid", "data": {"order_id": "o", "colour": 1}}), "data.colour", "unknown field"),
+            (json!({"event_name": "order.paid", "data": {"order_id": "o"}, secret: 1}), "", "the body has an unknown field"),
+            (json!({"event_name": "order.paid", "data": {"order_id": "o", "metadata": {secret: 5}}}),
+             "data.metadata", "has a field that must be of type string"),
+            (json!({"event_name": "order.paid", "data": {"order_id": "o", "k".repeat(65): 1}}), "data", "has an unknown field"),
+        ];
+        for (body, field, message) in cases {
+            let problem = assert_problem(app.post("/v1/events", &body).send().await.unwrap(), 422).await;
+            assert_eq!(problem["errors"], json!([{"field": field, "message": message}]), "{body}");
+            assert!(!problem.to_string().contains("john@example.com"), "{problem}");
+        }
+        let r = app.post("/v1/webhooks", &json!({"event": "order.paid", "target_url": "http://127.0.0.1:9/", secret: 1}))
+            .send().await.unwrap();
+        let problem = assert_problem(r, 422).await;
+        assert_eq!(problem["errors"], json!([{"field": "", "message": "the body has an unknown field"}]));
+        assert_eq!(problem["detail"], "the body has an unknown field");
+    }
+
+    async fn a_key_given_twice_anywhere_in_a_body_is_refused_with_422_naming_where(backend) {
+        let app = TestApp::spawn(&backend).await;
+        // (path, body text, the field of the one error)
+        let cases = [
+            ("/v1/events", r#"{"event_name": "order.paid", "event_name": "order.created", "data": {"order_id": "o"}}"#, "event_name"),
+            ("/v1/events", r#"{"event_name": "order.paid", "data": {"order_id": "a", "order_id": "b"}}"#, "data.order_id"),
+            ("/v1/events", r#"{"event_name": "order.created", "data": {"order_id": "o",
+                "items": [{"sku": "a", "quantity": 1, "unit_price": 1, "unit_price": 1000}]}}"#, "data.items[0].unit_price"),
+            ("/v1/events", r#"{"event_name": "order.paid", "data": {"order_id": "o", "metadata": {"a b": "x", "a b": "y"}}}"#,
+             "data.metadata"),
+            ("/v1/webhooks", r#"{"event": "order.paid", "target_url": "http://127.0.0.1:9/", "target_url": "http://127.0.0.1:9/x"}"#,
+             "target_url"),
+        ];
+        for (path, text, field) in cases {
+            let problem = assert_problem(post_text(&app, path, text).await, 422).await;
+            assert_eq!(problem_fields(&problem), [field], "{text}");
+            assert!(problem["errors"][0]["message"].as_str().unwrap().contains("appears more than once"), "{problem}");
+        }
+        let r = app.http.post(app.url("/v1/admin/projects")).bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json").body(r#"{"name": "a", "name": "b"}"#).send().await.unwrap();
+        assert_eq!(problem_fields(&assert_problem(r, 422).await), ["name"]);
+        assert!(app.get_json("/v1/events").await["data"].as_array().unwrap().is_empty());
+        assert!(app.get_json("/v1/webhooks").await["data"].as_array().unwrap().is_empty());
+    }
+
+    async fn an_idempotency_key_matches_the_same_data_sent_in_another_key_order(backend) {
+        let app = TestApp::spawn(&backend).await;
+        let send = |text: &'static str| {
+            app.http.post(app.url("/v1/events")).bearer_auth(&app.project.api_key)
+                .header("content-type", "application/json").header("idempotency-key", "reordered").body(text).send()
+        };
+        let first = send(r#"{"event_name": "order.paid", "data": {"order_id": "o", "amount": 5, "metadata": {"a": "1", "b": "2"}}}"#)
+            .await.unwrap();
+        assert_eq!(first.status(), 202);
+        let first: Value = first.json().await.unwrap();
+
+        let again = send(r#"{"data": {"metadata": {"b": "2", "a": "1"}, "amount": 5, "order_id": "o"}, "event_name": "order.paid"}"#)
+            .await.unwrap();
+        assert_eq!(again.status(), 202);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.json::<Value>().await.unwrap(), first);
+
+        let other = send(r#"{"event_name": "order.paid", "data": {"amount": 6, "order_id": "o"}}"#).await.unwrap();
+        assert_problem(other, 422).await;
+        assert_eq!(app.get_json("/v1/events").await["data"].as_array().unwrap().len(), 1);
     }
 
     async fn a_repeated_idempotency_key_returns_the_first_answer_and_creates_nothing(backend) {

@@ -19,6 +19,33 @@ use tokio::sync::{oneshot, watch};
 /// the test. Tests never sleep for a fixed time and then look.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
+/// Polls `check` every 20 ms until it returns `Some`, and returns that;
+/// fails the test, saying `what` it waited for, after [`PATIENCE`]. The one
+/// waiting loop of the tests: nothing sleeps for a fixed time and then looks.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(PATIENCE, what, check).await
+}
+
+/// [`eventually`] with another bound, for waits that take longer by design.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Admin token of every test server.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -322,15 +349,11 @@ impl TestApp {
 
     /// Waits until the delivery is in `status` (and no longer leased), and returns its log entry.
     pub async fn wait_for_status(&self, delivery_id: &str, status: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually(&format!("delivery {delivery_id} to become {status}"), || async {
             let log = self.log(delivery_id).await;
-            if log["status"] == status {
-                return log;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "delivery never became {status}: {log:#}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (log["status"] == status).then_some(log)
+        })
+        .await
     }
 
     /// Stops the server the way SIGTERM does, and waits until it has.
@@ -512,6 +535,123 @@ impl Receiver {
         let arrived = tokio::time::timeout(PATIENCE, count.wait_for(|c| *c >= n)).await;
         assert!(arrived.is_ok(), "expected {n} requests, got {}", self.received().len());
         self.received()
+    }
+}
+
+/// One TCP connection that speaks HTTP/1.1 by hand, to send what well-behaved
+/// clients never do: half a head, a body that trickles in, nothing at all.
+pub struct RawConnection {
+    reader: tokio::net::tcp::OwnedReadHalf,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    /// Read and not yet taken as an answer.
+    buffer: Vec<u8>,
+}
+
+/// An answer read by a [`RawConnection`].
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).unwrap_or_else(|| panic!("no {name} header: {self:?}")).to_str().unwrap()
+    }
+
+    /// The body as a problem document with the answer's status.
+    pub fn problem(&self) -> Value {
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        let problem: Value = serde_json::from_slice(&self.body).unwrap();
+        assert_eq!(problem["status"], self.status);
+        assert!(problem["type"].is_string() && problem["title"].is_string() && problem["detail"].is_string());
+        problem
+    }
+}
+
+impl RawConnection {
+    /// Connects to a server's `base` URL (`http://host:port`).
+    pub async fn open(base: &str) -> Self {
+        let address = base.strip_prefix("http://").expect("an http:// base URL");
+        let (reader, writer) = tokio::net::TcpStream::connect(address).await.unwrap().into_split();
+        Self { reader, writer, buffer: Vec::new() }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt as _;
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// The next answer, waited for up to [`PATIENCE`].
+    pub async fn answer(&mut self) -> RawAnswer {
+        self.answer_while_sending(&[], Duration::from_secs(3600)).await
+    }
+
+    /// The next answer, while `rest` is sent a byte every `every` (a body
+    /// that trickles in); waited for up to [`PATIENCE`].
+    pub async fn answer_while_sending(&mut self, rest: &[u8], every: Duration) -> RawAnswer {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut rest = rest;
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            if let Some(answer) = self.take_answer() {
+                return answer;
+            }
+            tokio::select! {
+                read = self.reader.read_buf(&mut self.buffer) => match read {
+                    Ok(0) => panic!("closed before a whole answer: {:?}", String::from_utf8_lossy(&self.buffer)),
+                    Ok(_) => {}
+                    Err(e) => panic!("reading the answer failed: {e}"),
+                },
+                _ = tick.tick(), if !rest.is_empty() => {
+                    // The server may have answered and closed already; the answer tells.
+                    let _ = self.writer.write_all(&rest[..1]).await;
+                    rest = &rest[1..];
+                }
+                () = tokio::time::sleep_until(deadline) => panic!("no answer within {PATIENCE:?}"),
+            }
+        }
+    }
+
+    /// A whole answer at the start of the buffer, taken out of it.
+    fn take_answer(&mut self) -> Option<RawAnswer> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = parsed.parse(&self.buffer).expect("an HTTP/1.1 answer") else {
+            return None;
+        };
+        let mut map = HeaderMap::new();
+        for h in parsed.headers.iter() {
+            map.append(
+                axum::http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        let status = parsed.code.unwrap();
+        let length: usize = map.get("content-length").map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+        if self.buffer.len() < head + length {
+            return None;
+        }
+        let body = Bytes::copy_from_slice(&self.buffer[head..head + length]);
+        self.buffer.drain(..head + length);
+        Some(RawAnswer { status, headers: map, body })
+    }
+
+    /// Waits (up to [`PATIENCE`]) until the server closes the connection, and
+    /// returns what it sent before that was not taken as an answer.
+    pub async fn closed(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.buffer)).await {
+                Ok(Ok(0) | Err(_)) => return std::mem::take(&mut self.buffer),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the server kept the connection open for {PATIENCE:?}"),
+            }
+        }
     }
 }
 

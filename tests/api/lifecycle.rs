@@ -86,7 +86,7 @@ backend_tests! {
         let got = watcher.wait_for(1).await;
         assert_eq!(got.len(), 1);
         assert_disabled_notice(&app, &got[0], &hook);
-        let notice = app.log(got[0].header("webhook-id")).await;
+        let notice = app.wait_for_status(got[0].header("webhook-id"), "sent").await;
         assert_eq!((notice["event"].as_str(), notice["status"].as_str()), (Some("webhook.disabled"), Some("sent")));
     }
 

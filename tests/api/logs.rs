@@ -48,11 +48,8 @@ backend_tests! {
         for receipt in [&created, &paid] {
             for d in receipt["deliveries"].as_array().unwrap() {
                 let id = d["id"].as_str().unwrap();
-                let deadline = tokio::time::Instant::now() + PATIENCE;
-                while app.log(id).await["status"] == "pending" {
-                    assert!(tokio::time::Instant::now() < deadline);
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
+                eventually("the delivery to finish", || async { (app.log(id).await["status"] != "pending").then_some(()) })
+                    .await;
             }
         }
         let ids = |v: Value| -> Vec<String> {

@@ -7,6 +7,7 @@ mod process;
 
 mod admin;
 mod cli;
+mod connections;
 mod delivery;
 mod events;
 mod fairness;

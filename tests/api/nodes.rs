@@ -166,8 +166,7 @@ async fn count_logs(http: &reqwest::Client, node: &Node, key: &str, status: &str
 
 /// Waits until no delivery of the project is pending any more.
 async fn wait_until_all_finished(http: &reqwest::Client, node: &Node, key: &str) {
-    let deadline = tokio::time::Instant::now() + NODE_PATIENCE;
-    loop {
+    eventually_within(NODE_PATIENCE, "no delivery to be left pending", || async {
         let page: Value = http
             .get(node.url("/v1/webhook-logs?status=pending&limit=1"))
             .bearer_auth(key)
@@ -177,20 +176,16 @@ async fn wait_until_all_finished(http: &reqwest::Client, node: &Node, key: &str)
             .json()
             .await
             .unwrap();
-        if page["data"].as_array().unwrap().is_empty() {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "deliveries still pending: {page:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        page["data"].as_array().unwrap().is_empty().then_some(())
+    })
+    .await
 }
 
 async fn wait_for_requests(receiver: &Receiver, n: usize) {
-    let deadline = tokio::time::Instant::now() + NODE_PATIENCE;
-    while receiver.received().len() < n {
-        assert!(tokio::time::Instant::now() < deadline, "expected {n} requests, got {}", receiver.received().len());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(NODE_PATIENCE, &format!("{n} requests"), || async {
+        (receiver.received().len() >= n).then_some(())
+    })
+    .await
 }
 
 /// How often each `webhook-id` arrived.

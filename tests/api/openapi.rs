@@ -63,6 +63,9 @@ fn the_openapi_document_covers_every_route_of_the_spec() {
         if path.contains("{id}") {
             assert!(responses.contains_key("404"), "{method} {path} documents no 404");
         }
+        // Any route may be answered by the server itself (SPEC §10).
+        assert!(responses.contains_key("408"), "{method} {path} documents no 408");
+        assert!(responses.contains_key("503"), "{method} {path} documents no 503");
     }
     let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(documented, routes.len(), "a route is documented that the spec does not list");
@@ -77,7 +80,9 @@ fn the_openapi_document_covers_every_route_of_the_spec() {
 
     let ingest = &doc["paths"]["/v1/events"]["post"];
     let statuses: BTreeSet<&str> = ingest["responses"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(statuses, BTreeSet::from(["202", "400", "401", "413", "415", "422"]));
+    assert_eq!(statuses, BTreeSet::from(["202", "400", "401", "408", "413", "415", "422", "503"]));
+    let overloaded = &doc["components"]["responses"]["Overloaded"];
+    assert!(overloaded["headers"]["Retry-After"].is_object(), "{overloaded}");
     assert_eq!(ingest["parameters"][0]["name"], "Idempotency-Key");
     assert_eq!(ingest["parameters"][0]["in"], "header");
     assert!(ingest["responses"]["202"]["headers"]["Idempotent-Replayed"].is_object());

@@ -93,11 +93,10 @@ backend_tests! {
                 }
             }));
         }
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while accepted.lock().unwrap().len() < 150 || receiver.received().len() < 10 {
-            assert!(tokio::time::Instant::now() < deadline, "ingest or delivery never got going");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("ingest and delivery to get going", || async {
+            (accepted.lock().unwrap().len() >= 150 && receiver.received().len() >= 10).then_some(())
+        })
+        .await;
         server.kill9();
         for c in clients {
             c.await.unwrap();
@@ -108,16 +107,11 @@ backend_tests! {
 
         receiver.always(Reply::status(200));
         let server = start(&flags, &[]);
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually("every accepted event to be delivered", || async {
             let seen = arrivals(&receiver);
-            let missing = accepted.iter().filter(|id| !seen.contains_key(*id)).count();
-            if missing == 0 {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{missing} accepted events were never delivered");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            accepted.iter().all(|id| seen.contains_key(id)).then_some(())
+        })
+        .await;
         // Duplicates only where the crash hit mid-send: at most the in-flight
         // deliveries and the results not yet recorded.
         let duplicates: usize = arrivals(&receiver).values().map(|n| n - 1).sum();
@@ -125,16 +119,12 @@ backend_tests! {
 
         // And the log agrees: nothing is left pending.
         let http = http_client();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually("no delivery to be left pending", || async {
             let pending: Value = http.get(server.url("/v1/webhook-logs?status=pending"))
                 .bearer_auth(&project.api_key).send().await.unwrap().json().await.unwrap();
-            if pending["data"].as_array().unwrap().is_empty() {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "deliveries still pending: {pending}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            pending["data"].as_array().unwrap().is_empty().then_some(())
+        })
+        .await;
     }
 
     async fn sigterm_lets_an_in_flight_delivery_finish_and_exits_0(backend) {

@@ -820,3 +820,18 @@ async fn a_server_refuses_to_start_when_the_key_file_of_its_secrets_is_gone() {
     assert!(message.contains("hookline.db.key is missing") && message.contains("--secret-key"), "{message}");
     assert!(!db.dir.path().join("hookline.db.key").exists(), "no new key may replace the lost one");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_files_and_the_key_file_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    app.send_event("order.paid", json!({"order_id": "o"})).await;
+
+    let db = app.db.dir.path().join("hookline.db");
+    for suffix in ["", "-wal", "-shm", ".key"] {
+        let path = format!("{}{suffix}", db.display());
+        let mode = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path}: {e}")).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{path} has mode {mode:o}");
+    }
+}

@@ -49,7 +49,7 @@ async fn new_project(store: &Store) -> ProjectId {
 
 async fn new_webhook(store: &Store, project: &ProjectId, event: &str) -> WebhookId {
     let id = WebhookId::generate();
-    store.create_webhook(webhook(id.clone(), project, event)).await.unwrap();
+    store.create_webhook(webhook(id.clone(), project, event), u32::MAX).await.unwrap();
     id
 }
 
@@ -115,7 +115,7 @@ fn sent(c: &hookline::store::Claimed, at: i64) -> Completion {
         id: c.id.clone(),
         lease: c.lease,
         next: NextState::Sent,
-        attempt: Some(attempt(c.attempts + 1, at, 200)),
+        attempts: vec![attempt(c.attempts + 1, at, 200)],
         target_url: None,
         last_error: None,
         webhook_id: c.webhook_id.clone(),
@@ -144,7 +144,7 @@ backend_tests! {
         let third = delivery_at(&f, T + 3).await;
         let not_due = delivery_at(&f, T + MINUTE).await;
 
-        let claimed = f.store.claim(T + 10, T + 10 + MINUTE, 1).await.unwrap();
+        let claimed = f.store.claim(T + 10, T + 10 + MINUTE, 1, Vec::new()).await.unwrap();
         assert_eq!(claimed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&first]);
         assert_eq!(claimed[0].project_id, f.project);
         assert_eq!(claimed[0].webhook_id, f.webhook);
@@ -153,20 +153,20 @@ backend_tests! {
         assert_eq!(claimed[0].data.as_json(), r#"{"order_id":"o"}"#);
         assert_eq!(claimed[0].attempts, 0);
 
-        let rest = f.store.claim(T + 10, T + 10 + MINUTE, 10).await.unwrap();
+        let rest = f.store.claim(T + 10, T + 10 + MINUTE, 10, Vec::new()).await.unwrap();
         let rest: HashSet<_> = rest.into_iter().map(|c| c.id).collect();
         assert_eq!(rest, HashSet::from([second, third]));
         assert!(!rest.contains(&not_due));
-        assert!(f.store.claim(T + 20, T + 20 + MINUTE, 10).await.unwrap().is_empty(), "leased rows are skipped");
+        assert!(f.store.claim(T + 20, T + 20 + MINUTE, 10, Vec::new()).await.unwrap().is_empty(), "leased rows are skipped");
     }
 
     async fn an_expired_lease_is_claimed_again_with_a_new_token(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
-        let first = f.store.claim(T, T + 1000, 10).await.unwrap();
+        let first = f.store.claim(T, T + 1000, 10, Vec::new()).await.unwrap();
         assert_eq!(first.len(), 1);
-        assert!(f.store.claim(T + 999, T + 2000, 10).await.unwrap().is_empty());
-        let again = f.store.claim(T + 1000, T + 2000, 10).await.unwrap();
+        assert!(f.store.claim(T + 999, T + 2000, 10, Vec::new()).await.unwrap().is_empty());
+        let again = f.store.claim(T + 1000, T + 2000, 10, Vec::new()).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, id);
         assert_ne!(again[0].lease, first[0].lease);
@@ -175,8 +175,8 @@ backend_tests! {
     async fn a_completion_with_a_stale_lease_is_ignored(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
-        let stale = f.store.claim(T, T + 1000, 10).await.unwrap().remove(0);
-        let current = f.store.claim(T + 1000, T + 2000, 10).await.unwrap().remove(0);
+        let stale = f.store.claim(T, T + 1000, 10, Vec::new()).await.unwrap().remove(0);
+        let current = f.store.claim(T + 1000, T + 2000, 10, Vec::new()).await.unwrap().remove(0);
 
         assert_eq!(f.store.complete(vec![sent(&stale, T + 1500)], T + 1500, POLICY).await.unwrap().applied, 0);
         let (log, attempts) = f.store.get_log(f.project.clone(), id.clone()).await.unwrap().unwrap();
@@ -196,17 +196,17 @@ backend_tests! {
         for at in [T, T + 1, T + 2] {
             delivery_at(&f, at).await;
         }
-        let claimed = f.store.claim(T + 5, T + MINUTE, 10).await.unwrap();
+        let claimed = f.store.claim(T + 5, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(claimed.len(), 3);
         let retry = Completion {
             next: NextState::RetryAt(T + 500),
-            attempt: Some(attempt(1, T + 6, 503)),
+            attempts: vec![attempt(1, T + 6, 503)],
             last_error: Some("the receiver answered HTTP 503".into()),
             ..sent(&claimed[1], T + 6)
         };
         let refused = Completion {
             next: NextState::Failed,
-            attempt: Some(attempt(1, T + 6, 404)),
+            attempts: vec![attempt(1, T + 6, 404)],
             last_error: Some("the receiver answered HTTP 404".into()),
             verdict: Some(Verdict::Failed),
             ..sent(&claimed[2], T + 6)
@@ -226,7 +226,7 @@ backend_tests! {
         assert_eq!(retried.last_error.as_deref(), Some("the receiver answered HTTP 503"));
         assert_eq!(status(2).await.status.as_str(), "failed");
 
-        let again = f.store.claim(T + 500, T + MINUTE, 10).await.unwrap();
+        let again = f.store.claim(T + 500, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].attempts, again[0].webhook.clone()), (1, Some((TargetUrl::parse("https://example.com/hook").unwrap(), true))));
     }
@@ -236,11 +236,11 @@ backend_tests! {
         let watcher = new_webhook(&f.store, &f.project, "webhook.disabled").await;
         let gone_one = delivery_at(&f, T).await;
         let waiting = delivery_at(&f, T + 1).await;
-        let claimed = f.store.claim(T + 2, T + MINUTE, 1).await.unwrap().remove(0);
+        let claimed = f.store.claim(T + 2, T + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
         assert_eq!(claimed.id, gone_one);
         let gone = Completion {
             next: NextState::Failed,
-            attempt: Some(attempt(1, T + 3, 410)),
+            attempts: vec![attempt(1, T + 3, 410)],
             last_error: Some("the receiver answered HTTP 410".into()),
             verdict: Some(Verdict::Gone),
             ..sent(&claimed, T + 3)
@@ -260,7 +260,7 @@ backend_tests! {
         assert_eq!(log.status, DeliveryStatus::Failed);
         assert!(log.last_error.unwrap().contains("disabled the webhook"));
         // The notice is committed with the disabling: an event, and a delivery due now to the watcher.
-        let notice = f.store.claim(T + 4, T + MINUTE, 10).await.unwrap();
+        let notice = f.store.claim(T + 4, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(notice.len(), 1);
         assert_eq!((notice[0].event_name.as_str(), &notice[0].webhook_id), ("webhook.disabled", &watcher));
         let data: serde_json::Value = serde_json::from_str(notice[0].data.as_json()).unwrap();
@@ -277,25 +277,25 @@ backend_tests! {
         let f = fixture(&backend).await;
         let fail = |c: &hookline::store::Claimed, at: i64| Completion {
             next: NextState::RetryAt(at + DAY),
-            attempt: Some(attempt(c.attempts + 1, at, 500)),
+            attempts: vec![attempt(c.attempts + 1, at, 500)],
             last_error: Some("the receiver answered HTTP 500".into()),
             verdict: Some(Verdict::Failed),
             ..sent(c, at)
         };
         // A success, then failures from T on: not yet after exactly five days.
         delivery_at(&f, T - DAY).await;
-        let c = f.store.claim(T - DAY, T - DAY + MINUTE, 1).await.unwrap().remove(0);
+        let c = f.store.claim(T - DAY, T - DAY + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
         f.store.complete(vec![sent(&c, T - DAY)], T - DAY, POLICY).await.unwrap();
         let id = delivery_at(&f, T).await;
         let mut now = T;
         for _ in 0..5 {
-            let c = f.store.claim(now, now + MINUTE, 1).await.unwrap().remove(0);
+            let c = f.store.claim(now, now + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
             let done = f.store.complete(vec![fail(&c, now)], now, POLICY).await.unwrap();
             assert!(done.disabled.is_empty(), "failing for {} days only", (now - T) / DAY);
             now += DAY;
         }
         assert_eq!(now, T + 5 * DAY);
-        let c = f.store.claim(now + 1, now + MINUTE, 1).await.unwrap().remove(0);
+        let c = f.store.claim(now + 1, now + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
 
         let done = f.store.complete(vec![fail(&c, now + 1)], now + 1, POLICY).await.unwrap();
 
@@ -309,22 +309,22 @@ backend_tests! {
     async fn a_success_ends_the_streak_and_enabling_starts_afresh(backend) {
         let f = fixture(&backend).await;
         delivery_at(&f, T).await;
-        let c = f.store.claim(T, T + MINUTE, 1).await.unwrap().remove(0);
+        let c = f.store.claim(T, T + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
         let fail = Completion {
             next: NextState::RetryAt(T + 6 * DAY),
-            attempt: Some(attempt(1, T, 500)),
+            attempts: vec![attempt(1, T, 500)],
             verdict: Some(Verdict::Failed),
             ..sent(&c, T)
         };
         f.store.complete(vec![fail], T, POLICY).await.unwrap();
-        let c = f.store.claim(T + 6 * DAY, T + 6 * DAY + MINUTE, 1).await.unwrap().remove(0);
+        let c = f.store.claim(T + 6 * DAY, T + 6 * DAY + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
 
         let done = f.store.complete(vec![sent(&c, T + 6 * DAY)], T + 6 * DAY, POLICY).await.unwrap();
 
         assert!(done.disabled.is_empty(), "the attempt that ends the streak succeeded");
         delivery_at(&f, T + 6 * DAY).await;
-        let c = f.store.claim(T + 6 * DAY, T + 6 * DAY + MINUTE, 1).await.unwrap().remove(0);
-        let fail = Completion { attempt: Some(attempt(1, T + 6 * DAY + 1, 500)), verdict: Some(Verdict::Failed), next: NextState::Failed, ..sent(&c, T + 6 * DAY + 1) };
+        let c = f.store.claim(T + 6 * DAY, T + 6 * DAY + MINUTE, 1, Vec::new()).await.unwrap().remove(0);
+        let fail = Completion { attempts: vec![attempt(1, T + 6 * DAY + 1, 500)], verdict: Some(Verdict::Failed), next: NextState::Failed, ..sent(&c, T + 6 * DAY + 1) };
         assert!(f.store.complete(vec![fail], T + 6 * DAY + 2, POLICY).await.unwrap().disabled.is_empty(), "a new streak began");
     }
 
@@ -336,7 +336,7 @@ backend_tests! {
             delivery_at(&f, at).await;
         }
         ingest_created(&f.store, event(&other, "order.paid", T + 3)).await;
-        let claimed = f.store.claim(T + 5, T + MINUTE, 10).await.unwrap();
+        let claimed = f.store.claim(T + 5, T + MINUTE, 10, Vec::new()).await.unwrap();
         let done: Vec<Completion> = claimed.iter().map(|c| sent(c, T + 6)).collect();
         f.store.complete(done, T + 6, POLICY).await.unwrap();
         delivery_at(&f, T + 7).await; // pending
@@ -352,7 +352,7 @@ backend_tests! {
         assert_eq!(f.store.requeue(f.project.clone(), snapshot.to_requeue.clone(), T + 10).await.unwrap(), 0, "requeued once");
         let (log, _) = f.store.get_log(f.project.clone(), snapshot.to_requeue[1].id.clone()).await.unwrap().unwrap();
         assert_eq!((log.status, log.next_attempt_at, log.attempts), (DeliveryStatus::Pending, Some(T + 9), 1));
-        let again = f.store.claim(T + 9, T + MINUTE, 10).await.unwrap();
+        let again = f.store.claim(T + 9, T + MINUTE, 10, Vec::new()).await.unwrap();
         let replayed = again.iter().find(|c| c.id == snapshot.to_requeue[1].id).unwrap();
         assert_eq!((replayed.attempts, replayed.attempt_base), (1, 1), "a fresh budget, the history kept");
         let filter = hookline::store::LogFilter { webhook_id: Some(theirs_hook), ..filter };
@@ -366,7 +366,7 @@ backend_tests! {
 
         let test = f.store.create_test_delivery(f.project.clone(), f.webhook.clone(), T).await.unwrap().unwrap();
 
-        let claimed = f.store.claim(T, T + MINUTE, 10).await.unwrap();
+        let claimed = f.store.claim(T, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!((&claimed[0].id, claimed[0].kind), (&test.id, hookline::store::DeliveryKind::Test));
         assert_eq!(claimed[0].event_name.as_str(), "webhook.test");
@@ -384,7 +384,7 @@ backend_tests! {
             tasks.spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let got = store.claim(T + 10, T + MINUTE, 7).await.unwrap();
+                    let got = store.claim(T + 10, T + MINUTE, 7, Vec::new()).await.unwrap();
                     if got.is_empty() {
                         return mine;
                     }
@@ -401,6 +401,18 @@ backend_tests! {
         assert_eq!(unique, all);
     }
 
+    async fn a_claim_passes_over_the_webhooks_it_is_told_to_skip(backend) {
+        let f = fixture(&backend).await;
+        let id = delivery_at(&f, T).await;
+        let (log, _) = f.store.get_log(f.project.clone(), id.clone()).await.unwrap().unwrap();
+        let skipped = f.store.claim(T + 1, T + MINUTE, 10, vec![log.webhook_id.clone()]).await.unwrap();
+        assert!(skipped.is_empty(), "the only due delivery belongs to a skipped webhook");
+        let other = WebhookId::generate();
+        let claimed = f.store.claim(T + 1, T + MINUTE, 10, vec![other]).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, id);
+    }
+
     async fn a_manual_retry_leaves_a_delivery_in_flight_or_due_and_makes_a_waiting_one_due(backend) {
         let f = fixture(&backend).await;
         let id = delivery_at(&f, T).await;
@@ -409,7 +421,7 @@ backend_tests! {
         // Due (not claimed yet): nothing changes.
         assert_eq!(retry(T + 1).await.unwrap(), Retried::Busy);
         // In flight: the lease stands and the worker's result is recorded.
-        let held = f.store.claim(T + 1, T + MINUTE, 10).await.unwrap().remove(0);
+        let held = f.store.claim(T + 1, T + MINUTE, 10, Vec::new()).await.unwrap().remove(0);
         assert_eq!(retry(T + 2).await.unwrap(), Retried::Busy);
         let waiting = Completion { next: NextState::RetryAt(T + MINUTE * 5), ..sent(&held, T + 3) };
         assert_eq!(f.store.complete(vec![waiting], T + 3, POLICY).await.unwrap().applied, 1, "the lease was not cancelled");
@@ -417,7 +429,7 @@ backend_tests! {
         // Waiting for a later attempt: due now.
         let Retried::Due(log) = retry(T + 4).await.unwrap() else { panic!("a waiting delivery is made due") };
         assert_eq!((log.status.as_str(), log.next_attempt_at), ("pending", Some(T + 4)));
-        let again = f.store.claim(T + 4, T + MINUTE, 10).await.unwrap();
+        let again = f.store.claim(T + 4, T + MINUTE, 10, Vec::new()).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, id);
         // Sent: due again.
@@ -435,13 +447,13 @@ backend_tests! {
     async fn a_released_delivery_is_due_again_only_with_its_current_lease(backend) {
         let f = fixture(&backend).await;
         delivery_at(&f, T).await;
-        let stale = f.store.claim(T, T + 1000, 10).await.unwrap().remove(0);
-        let current = f.store.claim(T + 1000, T + MINUTE, 10).await.unwrap().remove(0);
+        let stale = f.store.claim(T, T + 1000, 10, Vec::new()).await.unwrap().remove(0);
+        let current = f.store.claim(T + 1000, T + MINUTE, 10, Vec::new()).await.unwrap().remove(0);
         f.store.release(vec![(stale.id.clone(), stale.lease)], T + 1000).await.unwrap();
-        assert!(f.store.claim(T + 1001, T + MINUTE, 10).await.unwrap().is_empty(), "a stale release changes nothing");
+        assert!(f.store.claim(T + 1001, T + MINUTE, 10, Vec::new()).await.unwrap().is_empty(), "a stale release changes nothing");
         f.store.release(vec![(current.id.clone(), current.lease)], T + 2000).await.unwrap();
-        assert!(f.store.claim(T + 1999, T + MINUTE, 10).await.unwrap().is_empty());
-        assert_eq!(f.store.claim(T + 2000, T + MINUTE, 10).await.unwrap().len(), 1);
+        assert!(f.store.claim(T + 1999, T + MINUTE, 10, Vec::new()).await.unwrap().is_empty());
+        assert_eq!(f.store.claim(T + 2000, T + MINUTE, 10, Vec::new()).await.unwrap().len(), 1);
     }
 
     async fn an_idempotency_key_replays_the_first_receipt_and_rejects_another_event(backend) {
@@ -490,7 +502,7 @@ backend_tests! {
         let f = fixture(&backend).await;
         let old_sent = delivery_at(&f, T - 10 * DAY).await;
         let old_pending = delivery_at(&f, T - 10 * DAY + 1).await;
-        let claimed = f.store.claim(T - 10 * DAY, T - 10 * DAY + MINUTE, 1).await.unwrap();
+        let claimed = f.store.claim(T - 10 * DAY, T - 10 * DAY + MINUTE, 1, Vec::new()).await.unwrap();
         assert_eq!(claimed[0].id, old_sent);
         f.store.complete(vec![sent(&claimed[0], T - 10 * DAY)], T - 10 * DAY, POLICY).await.unwrap();
         let recent = delivery_at(&f, T - MINUTE).await;
@@ -519,11 +531,11 @@ backend_tests! {
         let f = fixture(&backend).await;
         let a = delivery_at(&f, T).await;
         let b = delivery_at(&f, T + 1).await;
-        let first = f.store.claim(T + 2, T + 2 + MINUTE, 2).await.unwrap();
+        let first = f.store.claim(T + 2, T + 2 + MINUTE, 2, Vec::new()).await.unwrap();
         let first_a = first.iter().find(|c| c.id == a).unwrap();
         let first_b = first.iter().find(|c| c.id == b).unwrap();
         // The first lease runs out while its send is still in flight, and the delivery is claimed again.
-        let again = f.store.claim(T + 3 + MINUTE, T + 4 + 2 * MINUTE, 1).await.unwrap();
+        let again = f.store.claim(T + 3 + MINUTE, T + 4 + 2 * MINUTE, 1, Vec::new()).await.unwrap();
         assert_eq!(again[0].id, a);
 
         let batch = vec![sent(first_a, T + 5), sent(&again[0], T + 5), sent(first_b, T + 5)];
@@ -571,7 +583,7 @@ backend_tests! {
         let stats = f.store.queue_stats(T).await.unwrap();
         assert_eq!(stats, QueueStats { pending: 4, due: 3, leased: 0, oldest_pending_created_at: Some(T - 3) });
 
-        let claimed = f.store.claim(T, T + MINUTE, 2).await.unwrap();
+        let claimed = f.store.claim(T, T + MINUTE, 2, Vec::new()).await.unwrap();
         let stats = f.store.queue_stats(T).await.unwrap();
         assert_eq!((stats.pending, stats.due, stats.leased), (4, 1, 2));
 
@@ -583,7 +595,7 @@ backend_tests! {
     async fn a_webhook_with_an_id_that_exists_is_refused_as_a_named_unique_violation(backend) {
         let f = fixture(&backend).await;
 
-        let refused = f.store.create_webhook(webhook(f.webhook.clone(), &f.project, "order.created")).await;
+        let refused = f.store.create_webhook(webhook(f.webhook.clone(), &f.project, "order.created"), u32::MAX).await;
 
         match refused {
             Err(StoreError::Constraint { kind: ConstraintKind::Unique, constraint: Some(name), .. }) => {
@@ -599,7 +611,8 @@ backend_tests! {
     async fn a_webhook_of_a_project_that_does_not_exist_is_refused_as_a_foreign_key_violation(backend) {
         let f = fixture(&backend).await;
 
-        let refused = f.store.create_webhook(webhook(WebhookId::generate(), &ProjectId::generate(), "order.paid")).await;
+        let refused =
+            f.store.create_webhook(webhook(WebhookId::generate(), &ProjectId::generate(), "order.paid"), u32::MAX).await;
 
         match refused {
             Err(StoreError::Constraint { kind: ConstraintKind::ForeignKey, constraint, .. }) => {

@@ -100,6 +100,45 @@ backend_tests! {
         }
     }
 
+    async fn a_project_may_have_max_webhooks_per_project_and_one_more_is_a_422_naming_the_limit(backend) {
+        let app = TestApp::spawn_with(&backend, &["--max-webhooks-per-project", "3"]).await;
+        let body = |i: usize| json!({"event": "order.paid", "target_url": format!("http://127.0.0.1:9/{i}"), "is_active": i != 1});
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let r = app.post("/v1/webhooks", &body(i)).send().await.unwrap();
+            assert_eq!(r.status(), 201);
+            ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+        }
+
+        let problem = assert_problem(app.post("/v1/webhooks", &body(3)).send().await.unwrap(), 422).await;
+        assert_eq!(problem["type"], "/problems/webhook-limit-reached");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains('3') && detail.contains("--max-webhooks-per-project"), "{detail}");
+        assert_eq!(app.get_json("/v1/webhooks").await["data"].as_array().unwrap().len(), 3);
+
+        // The limit is per project, and a deleted webhook makes room.
+        let other = app.other_project().await;
+        let r = app.http.post(app.url("/v1/webhooks")).bearer_auth(&other.api_key).json(&body(4)).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let r = app.http.delete(app.url(&format!("/v1/webhooks/{}", ids[0]))).bearer_auth(&app.project.api_key)
+            .send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(app.post("/v1/webhooks", &body(5)).send().await.unwrap().status(), 201);
+    }
+
+    async fn concurrent_creations_never_pass_the_webhook_limit(backend) {
+        let app = TestApp::spawn_with(&backend, &["--max-webhooks-per-project", "5"]).await;
+        let creations = (0..20).map(|i| {
+            app.post("/v1/webhooks", &json!({"event": "order.paid", "target_url": format!("http://127.0.0.1:9/{i}")}))
+                .send()
+        });
+        let statuses: Vec<u16> =
+            futures_util::future::join_all(creations).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+        assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 5, "{statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 15, "{statuses:?}");
+        assert_eq!(app.get_json("/v1/webhooks").await["data"].as_array().unwrap().len(), 5);
+    }
+
     async fn webhook_lists_are_paginated(backend) {
         let app = TestApp::spawn(&backend).await;
         for i in 0..3 {

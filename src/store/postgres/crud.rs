@@ -12,7 +12,7 @@ use super::rows::{
 use crate::domain::{ApiKeyHash, ApiKeyId, DeliveryId, EventId, ProjectId, UnixMs, WebhookId};
 use crate::store::{
     ApiKeyRecord, Attempt, DeliveryLog, DeliveryStatus, DeliverySummary, Event, LogFilter, NewApiKey, Page, Paged,
-    Project, Result, SealedSecret, Webhook, WebhookPatch,
+    Project, Result, SealedSecret, Webhook, WebhookCreation, WebhookPatch,
 };
 
 pub(super) async fn create_project(
@@ -133,11 +133,22 @@ pub(super) async fn rotate_secret(
     tx.commit().await.map_err(db_err)
 }
 
-pub(super) async fn create_webhook(pool: &PgPool, w: Webhook) -> Result<()> {
-    sqlx::query(concat!(
+pub(super) async fn create_webhook(pool: &PgPool, w: Webhook, limit: u32) -> Result<WebhookCreation> {
+    // Creations in one project take turns on its row, so the count after the
+    // lock sees a webhook that a concurrent creation just added; one statement
+    // would count in its snapshot from before the wait. NO KEY UPDATE leaves
+    // the row free for the key-share locks of foreign keys (ingest).
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    sqlx::query("SELECT 1 FROM projects WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(w.project_id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let inserted = sqlx::query(concat!(
         "INSERT INTO project_webhooks (",
         webhook_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+         WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = $2) < $11"
     ))
     .bind(w.id.as_str())
     .bind(w.project_id.as_str())
@@ -149,10 +160,13 @@ pub(super) async fn create_webhook(pool: &PgPool, w: Webhook) -> Result<()> {
     .bind(w.rate_limit.map(|n| n as i32))
     .bind(w.disabled.as_ref().map(|d| d.reason.as_str()))
     .bind(w.disabled.as_ref().map(|d| d.at))
-    .execute(pool)
+    .bind(i64::from(limit))
+    .execute(&mut *tx)
     .await
-    .map(drop)
-    .map_err(db_err)
+    .map_err(db_err)?
+    .rows_affected();
+    tx.commit().await.map_err(db_err)?;
+    Ok(if inserted == 1 { WebhookCreation::Created } else { WebhookCreation::LimitReached })
 }
 
 pub(super) async fn list_webhooks(pool: &PgPool, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {

@@ -73,7 +73,7 @@ pub(super) async fn judge(
 ) -> sqlx::Result<Vec<DisabledWebhook>> {
     let mut by_webhook: BTreeMap<&WebhookId, Vec<(UnixMs, Verdict)>> = BTreeMap::new();
     for c in applied {
-        if let (Some(verdict), Some(attempt)) = (c.verdict, &c.attempt) {
+        if let (Some(verdict), Some(attempt)) = (c.verdict, c.attempts.last()) {
             by_webhook.entry(&c.webhook_id).or_default().push((attempt.started_at, verdict));
         }
     }

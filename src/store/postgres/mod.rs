@@ -142,8 +142,8 @@ impl Backend for PgStore {
         crud::rotate_secret(&self.pool, project, sealed, now, overlap_until).await
     }
 
-    async fn create_webhook(&self, w: Webhook) -> Result<()> {
-        crud::create_webhook(&self.pool, w).await
+    async fn create_webhook(&self, w: Webhook, limit: u32) -> Result<WebhookCreation> {
+        crud::create_webhook(&self.pool, w, limit).await
     }
 
     async fn list_webhooks(&self, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
@@ -212,8 +212,8 @@ impl Backend for PgStore {
         lifecycle::create_test_delivery(&self.pool, &self.announce, project, webhook, now).await
     }
 
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
-        queue::claim(&self.pool, now, lease_until, limit).await
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
+        queue::claim(&self.pool, now, lease_until, limit, skip).await
     }
 
     async fn complete(&self, done: Vec<Completion>, now: UnixMs, policy: DisablePolicy) -> Result<Completed> {

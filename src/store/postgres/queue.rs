@@ -304,11 +304,13 @@ pub(super) async fn retry_delivery(
     id: DeliveryId,
     now: UnixMs,
 ) -> Result<Retried> {
-    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
+    // In flight: leased. Due: next_attempt_at has come, by this request's clock
+    // or by that of whoever last changed the row (updated_at): two retries a
+    // millisecond apart must not both pass because their clocks disagree.
     let found = sqlx::query(concat!(
         "UPDATE webhook_logs SET status = 'pending', next_attempt_at = $1, lease_token = NULL, updated_at = $1 \
          WHERE id = $2 AND project_id = $3 \
-         AND NOT (status = 'pending' AND (next_attempt_at <= $1 OR lease_token IS NOT NULL)) RETURNING ",
+         AND NOT (status = 'pending' AND (next_attempt_at <= GREATEST($1, updated_at) OR lease_token IS NOT NULL)) RETURNING ",
         log_columns!()
     ))
     .bind(now)
@@ -335,7 +337,7 @@ pub(super) async fn retry_delivery(
 /// another is taking, so none is handed out twice.
 const CLAIM: &str = "WITH due AS MATERIALIZED (
          SELECT id FROM webhook_logs
-         WHERE status = 'pending' AND next_attempt_at <= $3
+         WHERE status = 'pending' AND next_attempt_at <= $3 AND webhook_id <> ALL($5::text[])
          ORDER BY next_attempt_at
          LIMIT $4
          FOR UPDATE SKIP LOCKED
@@ -348,13 +350,21 @@ const CLAIM: &str = "WITH due AS MATERIALIZED (
             w.target_url, w.is_active, c.attempts, w.rate_limit, c.attempt_base, c.kind
      FROM leased c JOIN events e ON e.id = c.event_id LEFT JOIN project_webhooks w ON w.id = c.webhook_id";
 
-pub(super) async fn claim(pool: &PgPool, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
+pub(super) async fn claim(
+    pool: &PgPool,
+    now: UnixMs,
+    lease_until: UnixMs,
+    limit: u32,
+    skip: Vec<WebhookId>,
+) -> Result<Vec<Claimed>> {
     let lease: LeaseToken = rand::random();
+    let skip: Vec<&str> = skip.iter().map(WebhookId::as_str).collect();
     let found = sqlx::query(CLAIM)
         .bind(lease)
         .bind(lease_until)
         .bind(now)
         .bind(i64::from(limit))
+        .bind(skip)
         .fetch_all(pool)
         .await
         .map_err(db_err)?;
@@ -464,11 +474,11 @@ async fn record_results(
         leases.push(c.lease);
         statuses.push(status);
         next_at.push(at);
-        codes.push(c.attempt.as_ref().and_then(|a| a.response_code).map(i32::from));
-        counted.push(i32::from(c.attempt.is_some()));
+        codes.push(c.attempts.last().and_then(|a| a.response_code).map(i32::from));
+        counted.push(c.attempts.len() as i32);
         errors.push(c.last_error.as_deref());
         urls.push(c.target_url.as_ref().map(TargetUrl::as_str));
-        if let Some(a) = &c.attempt {
+        for a in &c.attempts {
             a_ids.push(c.id.as_str());
             a_number.push(a.number as i32);
             a_started.push(a.started_at);

@@ -16,7 +16,7 @@ use super::rows::{
 use crate::domain::{ApiKeyHash, ApiKeyId, DeliveryId, EventId, ProjectId, UnixMs, WebhookId};
 use crate::store::{
     ApiKeyRecord, Attempt, DeliveryLog, DeliveryStatus, DeliverySummary, Event, LogFilter, NewApiKey, Page, Paged,
-    Project, Result, SealedSecret, Webhook, WebhookPatch,
+    Project, Result, SealedSecret, Webhook, WebhookCreation, WebhookPatch,
 };
 
 /// Whether any signing secret is stored.
@@ -125,26 +125,31 @@ pub(super) fn rotate_secret(
     .map_err(db_err)
 }
 
-pub(super) fn create_webhook(conn: &Connection, w: &Webhook) -> Result<()> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-    ))
-    .and_then(|mut s| {
-        s.execute(params![
-            w.id.as_str(),
-            w.project_id.as_str(),
-            &w.event,
-            &w.target_url,
-            w.is_active,
-            w.created_at,
-            w.updated_at,
-            w.rate_limit,
-            w.disabled.as_ref().map(|d| d.reason.as_str()),
-            w.disabled.as_ref().map(|d| d.at)
-        ])
-    })
-    .map(drop)
-    .map_err(db_err)
+/// One statement counts and inserts, on the one writer: no other write can
+/// come between the two.
+pub(super) fn create_webhook(conn: &Connection, w: &Webhook, limit: u32) -> Result<WebhookCreation> {
+    let inserted = conn
+        .prepare_cached(&format!(
+            "INSERT INTO project_webhooks ({WEBHOOK_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+             WHERE (SELECT count(*) FROM project_webhooks WHERE project_id = ?2) < ?11"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                w.id.as_str(),
+                w.project_id.as_str(),
+                &w.event,
+                &w.target_url,
+                w.is_active,
+                w.created_at,
+                w.updated_at,
+                w.rate_limit,
+                w.disabled.as_ref().map(|d| d.reason.as_str()),
+                w.disabled.as_ref().map(|d| d.at),
+                limit
+            ])
+        })
+        .map_err(db_err)?;
+    Ok(if inserted == 1 { WebhookCreation::Created } else { WebhookCreation::LimitReached })
 }
 
 pub(super) fn list_webhooks(conn: &Connection, project: &ProjectId, page: &Page) -> Result<Paged<Webhook>> {

@@ -108,12 +108,43 @@ fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
     Ok(conn)
 }
 
+/// Creates the database file, empty, readable and writable by its owner only
+/// (0600), before SQLite would create it with the default mode (0644 under
+/// the usual umask). SQLite gives the `-wal` and `-shm` files it creates
+/// the database file's mode, so they follow. The umask is left alone: it is
+/// the whole process's, and other threads create files too. A file that
+/// exists keeps its mode, with a warning when others may read it.
+fn create_owner_only(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt as _;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the database file is readable by other users; restrict it (and its -wal and -shm files) with chmod 600"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and starts its writer thread.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        create_owner_only(path)?;
         let writer = writer::Writer::start(open_connection(path, false)?)?;
         let readers = (0..READERS).map(|_| open_connection(path, true)).collect::<rusqlite::Result<Vec<_>>>()?;
         let checkpoints = writer::Checkpoints::start(path)?;
@@ -217,8 +248,8 @@ impl Backend for SqliteStore {
         self.write(move |conn| crud::rotate_secret(conn, &project, &sealed, now, overlap_until)).await
     }
 
-    async fn create_webhook(&self, w: Webhook) -> Result<()> {
-        self.write(move |conn| crud::create_webhook(conn, &w)).await
+    async fn create_webhook(&self, w: Webhook, limit: u32) -> Result<WebhookCreation> {
+        self.write(move |conn| crud::create_webhook(conn, &w, limit)).await
     }
 
     async fn list_webhooks(&self, project: ProjectId, page: Page) -> Result<Paged<Webhook>> {
@@ -284,10 +315,13 @@ impl Backend for SqliteStore {
         self.write(move |conn| lifecycle::create_test_delivery(conn, &project, &webhook, now)).await
     }
 
-    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32) -> Result<Vec<Claimed>> {
+    async fn claim(&self, now: UnixMs, lease_until: UnixMs, limit: u32, skip: Vec<WebhookId>) -> Result<Vec<Claimed>> {
         // Drawn once, outside the write, which may run twice.
         let lease: LeaseToken = rand::random();
-        self.write(move |conn| queue::claim(conn, lease, now, lease_until, limit)).await
+        // A JSON array: rusqlite binds no lists, and json_each reads one in the statement.
+        let skip = serde_json::to_string(&skip.iter().map(WebhookId::as_str).collect::<Vec<_>>())
+            .expect("a list of strings serializes");
+        self.write(move |conn| queue::claim(conn, lease, now, lease_until, limit, &skip)).await
     }
 
     async fn complete(&self, done: Vec<Completion>, now: UnixMs, policy: DisablePolicy) -> Result<Completed> {

@@ -123,12 +123,14 @@ pub(super) fn ingest_in_tx(conn: &Connection, e: &NewEvent) -> rusqlite::Result<
 }
 
 pub(super) fn retry_delivery(conn: &Connection, project: &ProjectId, id: &DeliveryId, now: UnixMs) -> Result<Retried> {
-    // In flight: leased and the lease not expired. Due: next_attempt_at has come.
+    // In flight: leased. Due: next_attempt_at has come, by this request's clock
+    // or by that of whoever last changed the row (updated_at): two retries a
+    // millisecond apart must not both pass because their clocks disagree.
     let changed = conn
         .prepare_cached(
             "UPDATE webhook_logs SET status = 'pending', next_attempt_at = ?1, lease_token = NULL, updated_at = ?1 \
              WHERE id = ?2 AND project_id = ?3 \
-             AND NOT (status = 'pending' AND (next_attempt_at <= ?1 OR lease_token IS NOT NULL))",
+             AND NOT (status = 'pending' AND (next_attempt_at <= MAX(?1, updated_at) OR lease_token IS NOT NULL))",
         )
         .and_then(|mut s| s.execute(params![now, id.as_str(), project.as_str()]))
         .map_err(db_err)?;
@@ -146,14 +148,16 @@ pub(super) fn claim(
     now: UnixMs,
     lease_until: UnixMs,
     limit: u32,
+    skip_json: &str,
 ) -> Result<Vec<Claimed>> {
     let ids: Vec<String> = conn
         .prepare_cached(
             "UPDATE webhook_logs SET lease_token = ?1, next_attempt_at = ?2 WHERE id IN \
              (SELECT id FROM webhook_logs WHERE status = 'pending' AND next_attempt_at <= ?3 \
+              AND webhook_id NOT IN (SELECT value FROM json_each(?5)) \
               ORDER BY next_attempt_at LIMIT ?4) RETURNING id",
         )
-        .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit], |r| r.get(0))?.collect())
+        .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit, skip_json], |r| r.get(0))?.collect())
         .map_err(db_err)?;
     let mut details = conn
         .prepare_cached(
@@ -213,8 +217,8 @@ pub(super) fn complete(
 
 fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
     let (status, next_attempt_at) = c.next.columns();
-    let counted = i64::from(c.attempt.is_some());
-    let code = c.attempt.as_ref().and_then(|a| a.response_code);
+    let counted = c.attempts.len() as i64;
+    let code = c.attempts.last().and_then(|a| a.response_code);
     let changed = conn
         .prepare_cached(
             "UPDATE webhook_logs SET status = ?1, next_attempt_at = ?2, response_code = COALESCE(?3, response_code), \
@@ -235,7 +239,7 @@ fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Res
     if changed == 0 {
         return Ok(false);
     }
-    if let Some(a) = &c.attempt {
+    for a in &c.attempts {
         conn.prepare_cached(
             "INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_ms, response_code, error_class, \
              error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

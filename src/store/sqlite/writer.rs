@@ -211,14 +211,14 @@ mod tests {
             rate_limit: None,
         };
         let taken = WebhookId::generate();
-        store.create_webhook(webhook(taken.clone())).await.unwrap();
+        store.create_webhook(webhook(taken.clone()), u32::MAX).await.unwrap();
 
         // Sent together, these share group commits; one of them breaks the primary key.
         let writes = (0..64).map(|i| {
             let store = store.clone();
             let id = if i == 32 { taken.clone() } else { WebhookId::generate() };
             let hook = webhook(id);
-            tokio::spawn(async move { store.create_webhook(hook).await })
+            tokio::spawn(async move { store.create_webhook(hook, u32::MAX).await })
         });
         let results: Vec<_> = futures_util::future::join_all(writes).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
