@@ -19,15 +19,10 @@ const DISABLE_FAST: &[&str] =
 
 /// Waits until the webhook's view satisfies `done`, and returns it.
 async fn wait_for_webhook(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let hook = app.get_json(&format!("/v1/webhooks/{id}")).await;
-        if done(&hook) {
-            return hook;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the webhook never became {what}: {hook:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("webhook {id} {what}"), || async {
+        Some(app.get_json(&format!("/v1/webhooks/{id}")).await).filter(|hook| done(hook))
+    })
+    .await
 }
 
 async fn replay(app: &TestApp, body: Value) -> Value {
@@ -246,11 +241,7 @@ backend_tests! {
             let (http, url, key) = (app.http.clone(), app.url(&format!("/v1/webhook-logs/{their_delivery}")), other.api_key.clone());
             async move { http.get(url).bearer_auth(key).send().await.unwrap().json::<Value>().await.unwrap() }
         };
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while their_log(&app).await["status"] != "failed" {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("their delivery failed", || async { (their_log(&app).await["status"] == "failed").then_some(()) }).await;
 
         for filter in [json!({"webhook_id": their_hook}), json!({"event_id": their_event})] {
             let mut body = filter.clone();
