@@ -65,7 +65,7 @@ macro_rules! text_column {
     };
 }
 
-text_column!(TargetUrl, |t: &str| TargetUrl::parse(t).map_err(Into::into));
+text_column!(TargetUrl, |t: &str| TargetUrl::from_stored(t).map_err(Into::into));
 text_column!(EventName, |t: &str| Ok(EventName::from_trusted(t)));
 
 /// Maps every row, or fails on the first that does not map.

@@ -17,7 +17,7 @@ use crate::store::{
 // was saved from, and a row that no longer parses is an error, not a string.
 impl rusqlite::types::FromSql for TargetUrl {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        TargetUrl::parse(value.as_str()?).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+        TargetUrl::from_stored(value.as_str()?).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
     }
 }
 
