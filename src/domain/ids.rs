@@ -69,7 +69,12 @@ macro_rules! id_type {
             /// A fresh id whose time part is `unix_ms`, for objects whose
             /// creation time is stored beside the id: the two then agree.
             pub fn generate_at(unix_ms: i64) -> Self {
-                Self(format!("{}{}", $prefix, uuid_v7(unix_ms.max(0) as u64).simple()))
+                // Written out by hand: `format!` cost the SQLite writer, which
+                // makes the delivery ids, about 4 % of its instructions.
+                let mut id = String::with_capacity($prefix.len() + 32);
+                id.push_str($prefix);
+                id.push_str(uuid_v7(unix_ms.max(0) as u64).simple().encode_lower(&mut Uuid::encode_buffer()));
+                Self(id)
             }
 
             /// Accepts only a well-formed id of this kind.

@@ -205,27 +205,31 @@ pub(super) fn complete(
     now: UnixMs,
     policy: DisablePolicy,
 ) -> Result<Completed> {
-    let mut applied = Vec::with_capacity(done.len());
-    for c in done {
-        if complete_one(conn, c, now).map_err(db_err)? {
-            applied.push(c);
-        }
-    }
+    let applied = record_results(conn, done, now).map_err(db_err)?;
     let disabled = lifecycle::judge(conn, &applied, now, policy).map_err(db_err)?;
     Ok(Completed { applied: applied.len(), disabled })
 }
 
-fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Result<bool> {
-    let (status, next_attempt_at) = c.next.columns();
-    let counted = c.attempts.len() as i64;
-    let code = c.attempts.last().and_then(|a| a.response_code);
-    let changed = conn
-        .prepare_cached(
-            "UPDATE webhook_logs SET status = ?1, next_attempt_at = ?2, response_code = COALESCE(?3, response_code), \
-             attempts = attempts + ?4, last_error = ?5, lease_token = NULL, updated_at = ?6, \
-             target_url = COALESCE(?9, target_url) WHERE id = ?7 AND lease_token = ?8",
-        )?
-        .execute(params![
+/// The results that applied (their lease was still current). The two
+/// statements are prepared once for the batch: a cached statement's lookup
+/// hashes its text, which cost the writer about 2 % of its instructions per
+/// statement and event.
+fn record_results<'a>(conn: &Connection, done: &'a [Completion], now: UnixMs) -> rusqlite::Result<Vec<&'a Completion>> {
+    let mut update = conn.prepare_cached(
+        "UPDATE webhook_logs SET status = ?1, next_attempt_at = ?2, response_code = COALESCE(?3, response_code), \
+         attempts = attempts + ?4, last_error = ?5, lease_token = NULL, updated_at = ?6, \
+         target_url = COALESCE(?9, target_url) WHERE id = ?7 AND lease_token = ?8",
+    )?;
+    let mut attempt = conn.prepare_cached(
+        "INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_ms, response_code, error_class, \
+         error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut applied = Vec::with_capacity(done.len());
+    for c in done {
+        let (status, next_attempt_at) = c.next.columns();
+        let counted = c.attempts.len() as i64;
+        let code = c.attempts.last().and_then(|a| a.response_code);
+        let changed = update.execute(params![
             status,
             next_attempt_at,
             code,
@@ -236,26 +240,24 @@ fn complete_one(conn: &Connection, c: &Completion, now: UnixMs) -> rusqlite::Res
             c.lease,
             c.target_url
         ])?;
-    if changed == 0 {
-        return Ok(false);
+        if changed == 0 {
+            continue;
+        }
+        for a in &c.attempts {
+            attempt.execute(params![
+                c.id.as_str(),
+                a.number,
+                a.started_at,
+                a.duration_ms,
+                a.response_code,
+                a.error_class,
+                a.error,
+                a.response_body
+            ])?;
+        }
+        applied.push(c);
     }
-    for a in &c.attempts {
-        conn.prepare_cached(
-            "INSERT INTO delivery_attempts (delivery_id, number, started_at, duration_ms, response_code, error_class, \
-             error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            c.id.as_str(),
-            a.number,
-            a.started_at,
-            a.duration_ms,
-            a.response_code,
-            a.error_class,
-            a.error,
-            a.response_body
-        ])?;
-    }
-    Ok(true)
+    Ok(applied)
 }
 
 /// Gives deliveries back unattempted, due at `due_at`.
