@@ -186,6 +186,12 @@ pub struct DeliveryResult {
 #[derive(Debug, Serialize)]
 pub struct ServerResult {
     pub cpu_seconds: f64,
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+    /// CPU seconds by thread name: `sqlite-writer` is the SQLite writer,
+    /// `tokio-runtime-w` the async workers (HTTP, delivery, PostgreSQL's
+    /// statements).
+    pub threads: std::collections::BTreeMap<String, server::ThreadCpu>,
     /// CPU time over wall time: 100 is one core busy.
     pub cpu_percent: f64,
     pub peak_rss_mb: f64,
@@ -409,7 +415,7 @@ async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let urls: Vec<String> = (0..args.webhooks).map(|i| format!("http://{receiver_addr}/hook/{i}")).collect();
     let name = if noisy { "beta" } else { "bench" };
     let target = set_up(&admin_client, &admin.0, &admin.1, name, &urls).await?;
-    let cpu_before = server.as_ref().map(|s| s.cpu_seconds()).unwrap_or_default();
+    let cpu_before = server.as_ref().map(|s| s.cpu()).unwrap_or_default();
 
     // Noisy: project alpha's targets hang; its burst is in before beta starts sending.
     let mut alpha = None;
@@ -458,9 +464,17 @@ async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| arrivals.first_us.load(Ordering::Relaxed).min(arrivals.last_us.load(Ordering::Relaxed)));
     let seconds = (last_us.saturating_sub(first)) as f64 / 1e6;
     let server_result = server.as_ref().map(|s| {
-        let cpu_seconds = s.cpu_seconds() - if drain_started_us.is_some() { 0.0 } else { cpu_before };
+        // The drain's server was started after `cpu_before`: all of its time counts.
+        let cpu = if drain_started_us.is_some() { s.cpu() } else { s.cpu().since(&cpu_before) };
         let wall = start.elapsed().as_secs_f64();
-        ServerResult { cpu_seconds, cpu_percent: 100.0 * cpu_seconds / wall, peak_rss_mb: s.peak_rss_mb() }
+        ServerResult {
+            cpu_seconds: cpu.total(),
+            user_seconds: cpu.user,
+            system_seconds: cpu.system,
+            cpu_percent: 100.0 * cpu.total() / wall,
+            peak_rss_mb: s.peak_rss_mb(),
+            threads: cpu.threads,
+        }
     });
     // Dropping the hanging receivers closes what they hold, so the server stops at once.
     let noisy_result = alpha.map(|(hanging, slow_accepted)| NoisyResult {
@@ -522,10 +536,17 @@ fn print_report(r: &BenchResult) {
     );
     println!("             send→delivery {}", p(&r.delivery.latency_ms));
     match &r.server {
-        Some(s) => println!(
-            "  server     CPU {:.1} s ({:.0} % of one core), peak RSS {:.1} MB",
-            s.cpu_seconds, s.cpu_percent, s.peak_rss_mb
-        ),
+        Some(s) => {
+            println!(
+                "  server     CPU {:.2} s ({:.0} % of one core; user {:.2} s, system {:.2} s), peak RSS {:.1} MB",
+                s.cpu_seconds, s.cpu_percent, s.user_seconds, s.system_seconds, s.peak_rss_mb
+            );
+            let threads: Vec<String> = (s.threads.iter())
+                .filter(|(_, t)| t.user + t.system >= 0.005)
+                .map(|(name, t)| format!("{name} {:.2} s (system {:.2} s)", t.user + t.system, t.system))
+                .collect();
+            println!("             by thread: {}", threads.join(", "));
+        }
         None => println!("  server     not measured (--url)"),
     }
     if let Some(replay) = &r.replay {

@@ -2,6 +2,7 @@
 //! and memory can be read on their own from /proc. Any `hookline` binary will
 //! do: a baseline build and a new one are measured the same way.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -128,17 +129,19 @@ impl ServerUnderTest {
         self.child.id()
     }
 
-    /// User plus system CPU time of the server so far.
-    pub fn cpu_seconds(&self) -> f64 {
-        let Some(stat) = self.pid().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()) else {
-            return 0.0;
-        };
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of stat(5); index 11 and 12 after the name.
-        (ticks(11) + ticks(12)) / TICKS_PER_SECOND
+    /// The server's CPU time so far: user and system, and by thread name.
+    pub fn cpu(&self) -> CpuTimes {
+        let Some(pid) = self.pid() else { return CpuTimes::default() };
+        let (user, system) = stat_times(&format!("/proc/{pid}/stat")).map(|(_, u, s)| (u, s)).unwrap_or_default();
+        let mut threads = BTreeMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            if let Some((name, user, system)) = stat_times(&task.path().join("stat").to_string_lossy()) {
+                let t: &mut ThreadCpu = threads.entry(name).or_default();
+                t.user += user;
+                t.system += system;
+            }
+        }
+        CpuTimes { user, system, threads }
     }
 
     /// The high-water mark of the server's resident memory (VmHWM).
@@ -166,4 +169,53 @@ impl ServerUnderTest {
         }
         Ok(self.run)
     }
+}
+
+/// CPU time of the server, in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+    /// By thread name (`sqlite-writer`, `tokio-runtime-w`, …; Linux keeps 15
+    /// bytes of a name): where the server's time went. A thread that ended
+    /// is missing, so the sum may fall short of `user + system`.
+    pub threads: BTreeMap<String, ThreadCpu>,
+}
+
+/// The CPU time of the threads of one name, in seconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ThreadCpu {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+
+    /// The time spent since `before`.
+    pub fn since(&self, before: &CpuTimes) -> CpuTimes {
+        let threads = self
+            .threads
+            .iter()
+            .map(|(n, t)| {
+                let b = before.threads.get(n).copied().unwrap_or_default();
+                (n.clone(), ThreadCpu { user: t.user - b.user, system: t.system - b.system })
+            })
+            .collect();
+        CpuTimes { user: self.user - before.user, system: self.system - before.system, threads }
+    }
+}
+
+/// The name, user and system seconds of a process or thread from its stat(5).
+fn stat_times(path: &str) -> Option<(String, f64, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The name is in parentheses and may contain spaces.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); index 11 and 12 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    Some((name, ticks(11) / TICKS_PER_SECOND, ticks(12) / TICKS_PER_SECOND))
 }
