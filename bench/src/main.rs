@@ -138,7 +138,7 @@ async fn post_json(client: &HttpClient, url: &str, bearer: &str, body: &Value) -
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// An `order.created` of about 540 bytes, the size of the reference workload.
+/// An `order.created` of about 500 bytes (499 and the digits of `seq`), the size of the reference workload.
 fn event_body(seq: usize) -> String {
     format!(
         r#"{{"event_name":"order.created","data":{{"order_id":"b{seq}","customer_id":"cus_8f14e45fceea167a5a36dedd4bea2543","currency":"EUR","total_amount":12990,"items":[{{"sku":"SKU-TSHIRT-BLK-M","quantity":2,"unit_price":2495}},{{"sku":"SKU-HOODIE-GRY-L","quantity":1,"unit_price":5990}},{{"sku":"SKU-SOCKS-WHT-42","quantity":3,"unit_price":670}}],"created_at":"2026-11-30T08:00:00Z","metadata":{{"channel":"web","campaign":"black-friday-2026","coupon":"BF26","warehouse":"eu-central-1","note":"leave at the door"}}}}}}"#

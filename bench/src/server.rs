@@ -210,12 +210,28 @@ impl CpuTimes {
 
 /// The name, user and system seconds of a process or thread from its stat(5).
 fn stat_times(path: &str) -> Option<(String, f64, f64)> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The name is in parentheses and may contain spaces.
+    parse_stat(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_stat(stat: &str) -> Option<(String, f64, f64)> {
+    // The name is in parentheses and may contain spaces and parentheses.
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1.to_owned();
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat(5); index 11 and 12 after the name.
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     Some((name, ticks(11) / TICKS_PER_SECOND, ticks(12) / TICKS_PER_SECOND))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stat;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_user_and_system_seconds() {
+        // Fields 14 and 15 (utime, stime) are 250 and 75 ticks; the name holds a space and a ')'.
+        let line = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 75 0 0 20 0 8 0 100 0 0";
+        assert_eq!(parse_stat(line), Some(("tokio (rt) w".to_owned(), 2.5, 0.75)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
 }
