@@ -159,41 +159,48 @@ pub(super) fn claim(
         )
         .and_then(|mut s| s.query_map(params![lease, lease_until, now, limit, skip_json], |r| r.get(0))?.collect())
         .map_err(db_err)?;
-    let mut details = conn
-        .prepare_cached(
-            "SELECT l.project_id, l.event_id, e.event_name, e.created_at, e.data, l.webhook_id, \
-             w.target_url, w.is_active, l.attempts, w.rate_limit, l.attempt_base, l.kind \
-             FROM webhook_logs l JOIN events e ON e.id = l.event_id \
-             LEFT JOIN project_webhooks w ON w.id = l.webhook_id WHERE l.id = ?1",
-        )
-        .map_err(db_err)?;
-    let mut claimed = Vec::with_capacity(ids.len());
-    for id in ids {
-        let c = details
-            .query_row([&id], |r| {
-                let url: Option<TargetUrl> = r.get(6)?;
-                let active: Option<bool> = r.get(7)?;
-                Ok(Claimed {
-                    id: DeliveryId::from_trusted(id.clone()),
-                    lease,
-                    lease_until,
-                    project_id: ProjectId::from_trusted(r.get(0)?),
-                    event_id: EventId::from_trusted(r.get(1)?),
-                    event_name: r.get(2)?,
-                    event_created_at: r.get(3)?,
-                    data: EventData::from_trusted(r.get(4)?),
-                    webhook_id: WebhookId::from_trusted(r.get(5)?),
-                    webhook: url.zip(active),
-                    attempts: r.get(8)?,
-                    rate_limit: r.get(9)?,
-                    attempt_base: r.get(10)?,
-                    kind: kind_from_sql(r.get(11)?)?,
-                })
-            })
-            .map_err(db_err)?;
-        claimed.push(c);
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(claimed)
+    // What a send needs, for all of them in one statement: one execution per
+    // row cost the writer about a third of a drain's claim.
+    let wanted = serde_json::to_string(&ids).expect("strings serialize");
+    conn.prepare_cached(
+        "SELECT l.id, l.project_id, l.event_id, e.event_name, e.created_at, e.data, l.webhook_id, \
+         w.target_url, w.is_active, l.attempts, w.rate_limit, l.attempt_base, l.kind \
+         FROM json_each(?1) AS j JOIN webhook_logs l ON l.id = j.value JOIN events e ON e.id = l.event_id \
+         LEFT JOIN project_webhooks w ON w.id = l.webhook_id",
+    )
+    .and_then(|mut s| {
+        s.query_map([wanted], |r| {
+            let url: Option<TargetUrl> = r.get(7)?;
+            let active: Option<bool> = r.get(8)?;
+            Ok(Claimed {
+                id: DeliveryId::from_trusted(r.get(0)?),
+                lease,
+                lease_until,
+                project_id: ProjectId::from_trusted(r.get(1)?),
+                event_id: EventId::from_trusted(r.get(2)?),
+                event_name: r.get(3)?,
+                event_created_at: r.get(4)?,
+                data: EventData::from_trusted(r.get(5)?),
+                webhook_id: WebhookId::from_trusted(r.get(6)?),
+                webhook: url.zip(active),
+                attempts: r.get(9)?,
+                rate_limit: r.get(10)?,
+                attempt_base: r.get(11)?,
+                kind: kind_from_sql(r.get(12)?)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .map(|mut claimed| {
+        // Oldest first, as the claim's own order was (sorting here costs less
+        // than the temporary B-tree an ORDER BY would build).
+        claimed.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        claimed
+    })
+    .map_err(db_err)
 }
 
 /// Records results; each applies only if its lease is still current. Then,
