@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::domain::FieldError;
 use crate::store::{ConstraintKind, StoreError};
 
+/// What [`ApiError::PayloadTooLarge`] names when the request body itself is
+/// over the limit (as opposed to its `data`).
+pub const REQUEST_BODY: &str = "request body";
+
 /// Each variant is one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,7 +31,8 @@ pub enum ApiError {
     /// connection is closed after this answer.
     #[error("the request was not sent in time (--client-timeout); the connection is closed")]
     RequestTimeout,
-    /// 413: the body (or `data`) is larger than allowed.
+    /// 413: the body (or `data`) is larger than allowed. For the body
+    /// ([`REQUEST_BODY`]), the connection is closed after this answer.
     #[error("the {what} is larger than the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, limit: usize },
     /// 415: the body is not declared as JSON.
@@ -266,6 +271,10 @@ impl ApiError {
         match self {
             Self::Unauthorized => &[(header::WWW_AUTHENTICATE, "Bearer")],
             Self::RequestTimeout => &[(header::CONNECTION, "close")],
+            // The rest of the body is never read, so the connection cannot
+            // carry another request: say so, or a client's pool may send its
+            // next request on a connection the server is closing.
+            Self::PayloadTooLarge { what: REQUEST_BODY, .. } => &[(header::CONNECTION, "close")],
             // A second: connections free up as soon as any client finishes or times out.
             Self::Overloaded => &[(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")],
             _ => &[],

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, REQUEST_BODY};
 use crate::domain::field::{FieldError, FieldPath, Step};
 use crate::domain::json::{self, JsonError};
 use crate::store::Page;
@@ -47,7 +47,7 @@ impl FromRequest<AppState> for JsonBody {
             if caused_by::<crate::server::RequestTimedOut>(&e) {
                 ApiError::RequestTimeout
             } else if caused_by::<http_body_util::LengthLimitError>(&e) {
-                ApiError::PayloadTooLarge { what: "request body", limit }
+                ApiError::PayloadTooLarge { what: REQUEST_BODY, limit }
             } else {
                 ApiError::BadRequest("the body could not be read whole".into())
             }
