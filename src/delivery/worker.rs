@@ -136,10 +136,13 @@ impl Worker {
         // Whether a claim may pass over saturated webhooks now. Passing over
         // them walks their due rows (one webhook's backlog of 100,000 cost the
         // SQLite writer about 20 ms a claim), so after a claim that passed
-        // over them and found less than it asked for, the next one waits for
-        // the poll; until then, claims wait until no webhook here is
-        // saturated. Fresh work of other webhooks arrives by the handoff.
+        // over them and found less than it asked for, the next one waits
+        // until the poll, or until a webhook leaves the saturated ones if
+        // that claim found anything at all (other webhooks have rows behind
+        // the backlog, and the one that left wants its line refilled). Fresh
+        // work of other webhooks arrives by the handoff meanwhile.
         let mut may_pass_over = true;
+        let mut passing_over_found = true;
 
         loop {
             while let Some(joined) = tasks.try_join_next() {
@@ -163,6 +166,7 @@ impl Worker {
                     // A webhook passed over at the last claim is no longer saturated: refill it.
                     if skipped > 0 && scheduler.saturated().len() < skipped {
                         claim_wanted = true;
+                        may_pass_over |= passing_over_found;
                     }
                 }
                 batch = recv(&mut handoff) => match batch {
@@ -184,6 +188,7 @@ impl Worker {
                             claim_wanted = claimed.len() == asked;
                             if skipped > 0 {
                                 may_pass_over = claim_wanted;
+                                passing_over_found = !claimed.is_empty();
                             }
                             self.hold(&shared, &mut scheduler, claimed);
                         }
@@ -236,7 +241,10 @@ impl Worker {
         let now = now_ms();
         for c in claimed {
             if let Some(c) = scheduler.push(c, now) {
-                let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now + GIVE_BACK_DELAY_MS));
+                // Due at once: its webhook's line is full, so claims pass it
+                // over until the line has room again, and then take it at
+                // once. A delay would leave the line empty and waiting.
+                let _ = shared.results.send(TaskEnd::GiveBack(c.id, c.lease, now));
             }
         }
     }
